@@ -1,0 +1,49 @@
+"""Wire the parts of one process: store, default persona, backend, broadcaster, runner."""
+
+from __future__ import annotations
+
+import logging
+
+from persona.clock import Clock
+from persona.config import Settings
+from persona.llm.base import Backend
+from persona.personas import ensure_persona
+from persona.pipeline.broadcast import Broadcaster
+from persona.pipeline.runner import TurnRunner
+from persona.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Everything a running Persona OS holds; the web app and tests build one each."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None, clock: Clock | None = None):
+        self.settings = settings
+        self.store = Store(settings.db_path, clock)
+        if backend is None:
+            from persona.llm.registry import make_backend
+
+            backend = make_backend(settings)
+        self.backend = backend
+        self.broadcaster = Broadcaster()
+        self.runner = TurnRunner(self.store, backend, settings, self.broadcaster)
+        self.default_persona_id = ""
+
+    async def start(self) -> None:
+        """Open the DB (migrating), create the default persona, recover dead turns."""
+        applied = self.store.open()
+        if applied:
+            log.info("applied migrations %s", applied)
+        self.default_persona_id = ensure_persona(
+            self.store, self.settings.data_dir / self.settings.default_persona_file
+        )
+        recovered = await self.runner.recover()
+        if recovered:
+            log.warning("marked %d interrupted turn(s) as failed", recovered)
+
+    async def stop(self) -> None:
+        """Let in-flight turns finish, then close the backend and the DB."""
+        await self.runner.drain()
+        await self.backend.aclose()
+        self.store.close()

@@ -1,0 +1,122 @@
+"""The one small interface every LLM backend implements."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat prompt, in the OpenAI shape every backend accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenOptions(BaseModel):
+    """Generation options; unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=256, ge=1, le=4096)
+
+
+class LLMError(RuntimeError):
+    """The backend failed to produce (the rest of) a reply."""
+
+
+@dataclass
+class Usage:
+    """Token counts of one generation, as the backend reports them (or counts them)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Backend:
+    """Base class for backends: subclasses implement `_stream` and `count_tokens`.
+
+    Capabilities are class attributes so callers can ask without trying:
+    `supports_structured` says whether `structured_create` works.
+    """
+
+    name: ClassVar[str] = "base"
+    supports_structured: ClassVar[bool] = False
+    model: str = ""
+    tokenizer_name: str = ""
+
+    def stream(self, messages: list[ChatMessage], options: GenOptions) -> LLMResponse:
+        """Start generating a reply; iterate the response to receive text chunks."""
+        return LLMResponse(self, messages, options)
+
+    async def complete(self, messages: list[ChatMessage], options: GenOptions) -> str:
+        """Generate a whole reply without streaming (default: drain the stream)."""
+        response = self.stream(messages, options)
+        return await response.text()
+
+    def _stream(
+        self, messages: list[ChatMessage], options: GenOptions, usage: Usage
+    ) -> AsyncIterator[str]:
+        """Yield text chunks; fill `usage` when the backend knows it. Raise LLMError."""
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:
+        """Count tokens of `text` with this backend's own tokenizer."""
+        raise NotImplementedError
+
+    def structured_create(self) -> Callable[..., Any]:
+        """Return an OpenAI-style `chat.completions.create` callable for instructor."""
+        raise NotImplementedError(f"{self.name} backend has no structured output")
+
+    async def aclose(self) -> None:
+        """Release resources (threads, HTTP clients)."""
+
+
+@dataclass
+class LLMResponse:
+    """Buffers what streamed, records timings and usage, and can be replayed."""
+
+    backend: Backend
+    messages: list[ChatMessage]
+    options: GenOptions
+    chunks: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    started_at: float = 0.0
+    first_token_s: float | None = None
+    total_s: float | None = None
+    done: bool = False
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        if self.done:
+            for chunk in self.chunks:
+                yield chunk
+            return
+        self.started_at = time.perf_counter()
+        async for chunk in self.backend._stream(self.messages, self.options, self.usage):
+            if not chunk:
+                continue
+            if self.first_token_s is None:
+                self.first_token_s = time.perf_counter() - self.started_at
+            self.chunks.append(chunk)
+            yield chunk
+        self.total_s = time.perf_counter() - self.started_at
+        if not self.usage.completion_tokens:
+            self.usage.completion_tokens = self.backend.count_tokens(self.full_text)
+        self.done = True
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.chunks)
+
+    async def text(self) -> str:
+        """Drain the stream (if not done yet) and return the whole reply."""
+        async for _ in self:
+            pass
+        return self.full_text

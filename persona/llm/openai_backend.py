@@ -1,0 +1,129 @@
+"""Backend for any OpenAI-compatible server (OpenAI, Ollama, vLLM, llama.cpp, LM Studio)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from openai import AsyncOpenAI, OpenAI
+
+from persona.config import Settings
+from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+from persona.llm.tokenize import ENCODING, tiktoken_counter
+
+# Servers echo keys back masked ("sk-abc***wxyz"); even a fragment should not reach logs.
+_KEYLIKE = re.compile(r"\b(?:sk|key|api[_-]?key)[-_][\w*.\-]+", re.IGNORECASE)
+_NO_KEY = "not-needed"  # the SDK insists on a key; local servers ignore it
+
+
+class OpenAIBackend(Backend):
+    """Stream chat completions over HTTP with the official `openai` SDK."""
+
+    name: ClassVar[str] = "openai"
+    supports_structured: ClassVar[bool] = True
+    # response_format json_object is what most OpenAI-compatible servers accept
+    # (llama-cpp-python's server rejects type json_schema); instructor adds the schema to
+    # the prompt in this mode.
+    structured_mode: ClassVar[str] = "json"
+
+    def __init__(self, settings: Settings):
+        self.model = settings.narrative_model
+        self.tokenizer_name = ENCODING
+        self._key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
+        self._client_args: dict[str, Any] = {
+            "base_url": settings.llm_base_url,
+            "api_key": self._key or _NO_KEY,
+            "timeout": settings.llm_timeout_s,
+            "max_retries": 0,  # retrying is the caller's decision, not the transport's
+        }
+        self._where = _host_of(settings.llm_base_url)
+        self._client = AsyncOpenAI(**self._client_args)
+        self._sync_client: OpenAI | None = None
+        self._count = tiktoken_counter()
+
+    def _error(self, exc: Exception) -> LLMError:
+        """Map an SDK or transport error to LLMError with a message free of secrets."""
+        detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if self._key:
+            detail = detail.replace(self._key, "****")
+        detail = _KEYLIKE.sub("****", " ".join(detail.split()))[:300]
+        status = getattr(exc, "status_code", None)
+        code = f" {status}" if status else ""
+        return LLMError(f"openai backend ({self._where}): {type(exc).__name__}{code}: {detail}")
+
+    def _request(self, messages: list[ChatMessage], options: GenOptions) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": [m.model_dump() for m in messages],
+            "temperature": options.temperature,
+            "max_tokens": options.max_tokens,
+        }
+
+    async def _stream(
+        self, messages: list[ChatMessage], options: GenOptions, usage: Usage
+    ) -> AsyncIterator[str]:
+        # An estimate until (unless) the server reports usage in its last chunk.
+        usage.prompt_tokens = sum(self._count(m.content) for m in messages)
+        try:
+            stream = await self._client.chat.completions.create(
+                **self._request(messages, options),
+                stream=True,
+                stream_options={"include_usage": True},  # servers that ignore it still work
+            )
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage.prompt_tokens = chunk.usage.prompt_tokens
+                    usage.completion_tokens = chunk.usage.completion_tokens
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except Exception as exc:
+            raise self._error(exc) from None
+        finally:
+            await stream.close()
+
+    async def complete(self, messages: list[ChatMessage], options: GenOptions) -> str:
+        """Generate a whole reply in one non-streaming request."""
+        try:
+            response = await self._client.chat.completions.create(
+                **self._request(messages, options), stream=False
+            )
+        except Exception as exc:
+            raise self._error(exc) from None
+        if not response.choices:
+            raise LLMError(f"openai backend ({self._where}): reply without choices")
+        return response.choices[0].message.content or ""
+
+    def count_tokens(self, text: str) -> int:
+        return self._count(text)
+
+    def structured_create(self) -> Callable[..., Any]:
+        """Return a sync `chat.completions.create` (instructor runs it in a thread)."""
+        if self._sync_client is None:
+            self._sync_client = OpenAI(**self._client_args)
+        sync_create = self._sync_client.chat.completions.create
+
+        def create(**kwargs: Any) -> Any:
+            try:
+                return sync_create(**kwargs)
+            except Exception as exc:
+                raise self._error(exc) from None
+
+        return create
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        if self._sync_client is not None:
+            self._sync_client.close()
+
+
+def _host_of(base_url: str | None) -> str:
+    """Name the server in errors without any credentials a URL might carry."""
+    if not base_url:
+        return "default OpenAI endpoint"
+    parts = urlsplit(base_url)
+    return f"{parts.hostname or '?'}{f':{parts.port}' if parts.port else ''}"

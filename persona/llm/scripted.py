@@ -1,0 +1,115 @@
+"""A deterministic backend for tests and benchmarks, named `scripted` wherever it shows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+
+_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+
+
+@dataclass
+class FailAfter:
+    """A scripted reply that streams `text` and then fails with `error`."""
+
+    text: str
+    error: str = "scripted failure"
+
+
+class ScriptedBackend(Backend):
+    """Replies come from a queue you fill; an empty queue gives a deterministic echo.
+
+    `delay_s` sleeps between chunks so tests can act mid-stream.
+    """
+
+    name: ClassVar[str] = "scripted"
+    supports_structured: ClassVar[bool] = True
+
+    def __init__(self, replies: list[str | FailAfter] | None = None, delay_s: float = 0.0):
+        self.model = "scripted"
+        self.tokenizer_name = "scripted-whitespace"
+        self.replies: deque[str | FailAfter] = deque(replies or [])
+        self.structured_replies: deque[str | Exception] = deque()
+        self.delay_s = delay_s
+        self.calls: list[list[ChatMessage]] = []
+        self.structured_calls = 0
+
+    def enqueue(self, *replies: str | FailAfter) -> None:
+        """Queue replies for the next generations, in order."""
+        self.replies.extend(replies)
+
+    def enqueue_structured(self, *raw: str | Exception) -> None:
+        """Queue raw completion texts (or errors) for the next structured calls."""
+        self.structured_replies.extend(raw)
+
+    def _next_reply(self, messages: list[ChatMessage]) -> str | FailAfter:
+        if self.replies:
+            return self.replies.popleft()
+        last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        return f"(scripted reply) You said: {last_user[:200]}"
+
+    async def _stream(
+        self, messages: list[ChatMessage], options: GenOptions, usage: Usage
+    ) -> AsyncIterator[str]:
+        self.calls.append(list(messages))
+        reply = self._next_reply(messages)
+        text = reply.text if isinstance(reply, FailAfter) else reply
+        pieces = _TOKEN_RE.findall(text)[: options.max_tokens]
+        usage.prompt_tokens = sum(self.count_tokens(m.content) for m in messages)
+        usage.completion_tokens = len(pieces)
+        for piece in pieces:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield piece
+        if isinstance(reply, FailAfter):
+            raise LLMError(reply.error)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def structured_create(self) -> Callable[..., Any]:
+        """Answer like `chat.completions.create` with the next queued structured text."""
+        from openai.types.chat import ChatCompletion
+
+        def create(**kwargs: Any) -> ChatCompletion:
+            self.structured_calls += 1
+            if not self.structured_replies:
+                raise LLMError("no scripted structured reply queued")
+            raw = self.structured_replies.popleft()
+            if isinstance(raw, Exception):
+                raise raw
+            return ChatCompletion.model_validate(
+                {
+                    "id": f"scripted-{self.structured_calls}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": self.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": raw},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 0,
+                        "completion_tokens": len(raw.split()),
+                        "total_tokens": len(raw.split()),
+                    },
+                }
+            )
+
+        return create
+
+
+def as_json(obj: Any) -> str:
+    """Serialize a structured reply the way a model would emit it."""
+    return json.dumps(obj)

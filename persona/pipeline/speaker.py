@@ -1,0 +1,88 @@
+"""Speaker: assemble the prompt from every earlier decision and stream the reply."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from persona.config import PROMPTS_DIR
+from persona.llm.base import ChatMessage, LLMResponse
+from persona.pipeline.context import StageEnv, TurnContext
+
+
+@lru_cache(maxsize=1)
+def _prompts() -> Environment:
+    # Prompts are plain text for the model, not HTML: no autoescaping here.
+    return Environment(
+        loader=FileSystemLoader(PROMPTS_DIR),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _traits(traits: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.1f}" for name, value in sorted(traits.items()))
+
+
+def build_prompt(ctx: TurnContext) -> list[ChatMessage]:
+    """The messages the model sees: system (persona, memories, state), history, message."""
+    perception = ctx.decisions["perception"]
+    gating = ctx.decisions["gating"]
+    memory = {m["memory_id"]: m for m in ctx.decisions["memory"]["results"]}
+    selected_history = set(gating["selected_history"])
+    system = _prompts().get_template("system.j2").render(
+        persona=ctx.persona,
+        traits=_traits(ctx.persona.get("traits", {})),
+        memories=[memory[mid]["content"] for mid in gating["selected_memories"]],
+        safety_override=perception["safety"]["override"],
+        ooc=perception["ooc"],
+        dialogue_state=ctx.decisions["metacognition"]["dialogue_state"],
+    )
+    messages = [ChatMessage(role="system", content=system.strip())]
+    for h in ctx.history:
+        if h["turn_id"] in selected_history:
+            messages.append(ChatMessage(role="user", content=h["user_message"]))
+            messages.append(ChatMessage(role="assistant", content=h["reply"]))
+    messages.append(ChatMessage(role="user", content=ctx.request.message))
+    return messages
+
+
+class SpeakerStage:
+    """Stream the reply; its decision is recorded as `reply.completed` once it is whole."""
+
+    name = "speaker"
+    event_type = "reply.completed"
+
+    def start(self, ctx: TurnContext, env: StageEnv) -> tuple[list[ChatMessage], LLMResponse]:
+        """Build the prompt and start generating."""
+        prompt = build_prompt(ctx)
+        return prompt, env.backend.stream(prompt, ctx.request.gen)
+
+    @staticmethod
+    async def deltas(response: LLMResponse) -> AsyncIterator[str]:
+        """Text chunks as they stream."""
+        async for chunk in response:
+            yield chunk
+
+    @staticmethod
+    def decision(
+        ctx: TurnContext, prompt: list[ChatMessage], response: LLMResponse
+    ) -> dict[str, Any]:
+        """The reply.completed payload."""
+        return {
+            "turn_id": ctx.turn_id,
+            "chat_id": ctx.request.chat_id,
+            "reply": response.full_text,
+            "prompt": [m.model_dump() for m in prompt],
+            "usage": {
+                "prompt_tokens": response.usage.prompt_tokens,
+                "completion_tokens": response.usage.completion_tokens,
+            },
+            "first_token_ms": round((response.first_token_s or 0.0) * 1000, 2),
+            "generation_ms": round((response.total_s or 0.0) * 1000, 2),
+        }

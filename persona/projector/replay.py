@@ -1,0 +1,103 @@
+"""Rebuild projections from the log, and verify them against a scratch replay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from persona.projector import PROJECTION_TABLES, project
+from persona.storage.db import connect
+from persona.storage.eventlog import count_events, read_events
+from persona.storage.migrations import migrate
+
+Progress = Callable[[int], None]
+
+
+def clear_projections(conn: sqlite3.Connection) -> None:
+    """Empty every projection table (the FTS index included); the log is untouched."""
+    for table in PROJECTION_TABLES:
+        conn.execute(f"DELETE FROM {table}")
+    conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('delete-all')")
+
+
+def replay(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
+    """Fold every event, in order, into the (empty) projections. Returns the count."""
+    count = 0
+    for event in read_events(conn):
+        project(conn, event)
+        count += 1
+        if progress is not None:
+            progress(1)
+    return count
+
+
+def rebuild(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
+    """Drop the projections and replay the whole log, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        clear_projections(conn)
+        count = replay(conn, progress)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return count
+
+
+def _primary_key(conn: sqlite3.Connection, table: str) -> list[str]:
+    cols = conn.execute(f"PRAGMA table_info({table})").fetchall()
+    return [c[1] for c in sorted(cols, key=lambda c: c[5]) if c[5]]
+
+
+def table_digest(conn: sqlite3.Connection, table: str) -> str:
+    """sha256 of a table's rows in primary-key order, as canonical JSON."""
+    order = ", ".join(_primary_key(conn, table)) or "rowid"
+    digest = hashlib.sha256()
+    cursor = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
+    names = [d[0] for d in cursor.description]
+    for row in cursor:
+        digest.update(json.dumps(dict(zip(names, row, strict=True)), sort_keys=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def projection_digests(conn: sqlite3.Connection) -> dict[str, str]:
+    """Digest of every projection table; fails if the FTS index disagrees with memory."""
+    # 'integrity-check' raises when the full-text index is out of step with its content.
+    conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('integrity-check', 1)")
+    return {table: table_digest(conn, table) for table in PROJECTION_TABLES}
+
+
+def combined(digests: dict[str, str]) -> str:
+    """One digest over all per-table digests."""
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def verify(db_path: Path, scratch_path: Path, progress: Progress | None = None) -> tuple[
+    dict[str, str], dict[str, str]
+]:
+    """Replay the live log into a scratch DB; return (live digests, replayed digests)."""
+    live = connect(db_path)
+    try:
+        live_digests = projection_digests(live)
+        scratch = connect(scratch_path)
+        try:
+            migrate(scratch)
+            scratch.execute("ATTACH DATABASE ? AS live", (str(db_path),))
+            scratch.execute("BEGIN IMMEDIATE")
+            scratch.execute("INSERT INTO main.events SELECT * FROM live.events ORDER BY seq")
+            scratch.execute("COMMIT")
+            scratch.execute("DETACH DATABASE live")
+            assert count_events(scratch) == count_events(live)
+            scratch.execute("BEGIN IMMEDIATE")
+            replay(scratch, progress)
+            scratch.execute("COMMIT")
+            replayed = projection_digests(scratch)
+        finally:
+            scratch.close()
+    finally:
+        live.close()
+    return live_digests, replayed
