@@ -1,0 +1,113 @@
+"""The `persona` command: serve, rebuild, verify, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from persona.config import Settings, get_settings
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the web app with uvicorn."""
+    import uvicorn
+
+    from persona.web.app import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(f"Persona OS on http://{host}:{port}  (backend: {settings.llm_provider})", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level)
+    return 0
+
+
+def _open(settings: Settings):  # type: ignore[no-untyped-def]
+    from persona.storage.db import connect
+    from persona.storage.migrations import migrate
+
+    conn = connect(settings.db_path)
+    migrate(conn, settings.db_path)
+    return conn
+
+
+def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    """Drop every projection and replay the log into it."""
+    from tqdm import tqdm
+
+    from persona.projector.replay import rebuild
+    from persona.storage.eventlog import count_events
+
+    conn = _open(settings)
+    total = count_events(conn)
+    with tqdm(total=total, unit="ev", desc="replaying", disable=args.quiet) as bar:
+        count = rebuild(conn, bar.update)
+    conn.close()
+    print(f"rebuilt projections from {count} events")
+    return 0
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Replay the log into a scratch DB and compare projection digests."""
+    from tqdm import tqdm
+
+    from persona.projector.replay import combined, verify
+    from persona.storage.eventlog import count_events
+
+    conn = _open(settings)
+    total = count_events(conn)
+    conn.close()
+    with tempfile.TemporaryDirectory() as tmp, tqdm(
+        total=total, unit="ev", desc="replaying", disable=args.quiet
+    ) as bar:
+        live, replayed = verify(settings.db_path, Path(tmp) / "scratch.db", bar.update)
+    for table in live:
+        mark = "ok " if live[table] == replayed[table] else "DIFF"
+        print(f"{mark} {table:20} live {live[table][:16]}  replay {replayed[table][:16]}")
+    print(f"live digest:     {combined(live)}")
+    print(f"replayed digest: {combined(replayed)}")
+    if live != replayed:
+        print("verify FAILED: projections differ from a replay of the log", file=sys.stderr)
+        return 1
+    print(f"verify ok: {total} events replay to the same projections")
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the effective configuration (secrets masked) and its hash."""
+    print(json.dumps({**settings.masked(), "config_hash": settings.config_hash()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="persona", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the web app")
+    serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from config: 8000)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(fn=cmd_serve)
+    for name, fn, text in (
+        ("rebuild", cmd_rebuild, "drop projections and replay the event log"),
+        ("verify", cmd_verify, "check projections against a replay of the log"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(fn=fn)
+    sub.add_parser("config", help="print the effective config and config_hash").set_defaults(
+        fn=cmd_config
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `persona` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.fn(get_settings(), args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

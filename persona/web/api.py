@@ -1,0 +1,94 @@
+"""JSON API: chat (whole or streamed), chat events, traces, health."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from persona.pipeline.runner import TurnFailed
+from persona.storage import queries
+from persona.storage.eventlog import read_events
+from persona.web.deps import EngineDep
+from persona.web.schemas import ID_PATTERN, ChatRequest, ChatResponse, ErrorBody
+from persona.web.turns import build_request, chat_events, turn_stream
+
+router = APIRouter()
+SessionId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid JSON or UTF-8"},
+    404: {"model": ErrorBody, "description": "Unknown persona or session"},
+    409: {"model": ErrorBody, "description": "Session belongs to another persona"},
+    422: {"model": ErrorBody, "description": "Invalid field values"},
+}
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness check."""
+    return {"status": "ok"}
+
+
+@router.post(
+    "/persona/chat",
+    response_model=ChatResponse,
+    responses={**_ERRORS, 502: {"model": ErrorBody, "description": "The LLM failed"}},
+)
+async def chat(body: ChatRequest, engine: EngineDep) -> Any:
+    """Run one turn and return the whole reply with its meta."""
+    request = await build_request(engine, body)
+    handle = engine.runner.submit(request)
+    try:
+        # shield: a client that goes away must not cancel the turn itself.
+        result = await asyncio.shield(handle.result)
+    except TurnFailed as exc:
+        return JSONResponse(
+            status_code=502, content={"error": str(exc), "trace_id": exc.trace_id}
+        )
+    return {k: result[k] for k in ("reply", "meta", "session_id", "turn_id")}
+
+
+@router.post(
+    "/persona/chat/stream",
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "SSE: start {trace_id, session_id, turn_id}, delta {text}..., "
+            "then done {reply, meta} or error {error, trace_id}",
+        },
+    },
+)
+async def chat_stream(body: ChatRequest, engine: EngineDep) -> EventSourceResponse:
+    """Run one turn and stream it as Server-Sent Events."""
+    request = await build_request(engine, body)
+    return EventSourceResponse(turn_stream(engine, request), ping=15)
+
+
+@router.get("/persona/chat/{session_id}/events")
+async def session_events(session_id: SessionId, engine: EngineDep) -> EventSourceResponse:
+    """Follow every turn of a chat (from any client) as Server-Sent Events."""
+    return EventSourceResponse(chat_events(engine, session_id), ping=15)
+
+
+@router.get("/persona/chat/{session_id}", responses={404: {"model": ErrorBody}})
+async def session_history(session_id: SessionId, engine: EngineDep) -> Any:
+    """A chat and its messages."""
+    chat = await engine.store.read(queries.get_chat, session_id)
+    if chat is None:
+        return JSONResponse(status_code=404, content={"error": f"unknown session {session_id!r}"})
+    messages = await engine.store.read(queries.chat_messages, session_id)
+    return {"chat": chat, "messages": messages}
+
+
+@router.get("/persona/traces/{trace_id}", responses={404: {"model": ErrorBody}})
+async def trace(trace_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], engine: EngineDep) -> Any:
+    """Every event of one turn, in order."""
+    events = await engine.store.read(lambda c: [e.public() for e in read_events(c, trace_id=trace_id)])
+    if not events:
+        return JSONResponse(status_code=404, content={"error": f"unknown trace {trace_id!r}"})
+    return {"trace_id": trace_id, "events": events}

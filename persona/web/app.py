@@ -1,0 +1,85 @@
+"""The app factory: thin wiring of routers, templates, static files and error shapes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from persona.config import PROJECT_ROOT, Settings
+from persona.engine import Engine
+from persona.pipeline.runner import ChatConflict, PersonaNotFound
+from persona.version import ENGINE_VERSION
+from persona.web import api, pages
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse(status_code=400, content={"error": "request body is not valid JSON"})
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors
+    ]
+    fields = ", ".join(".".join(str(p) for p in d["loc"][1:]) or "body" for d in detail)
+    return JSONResponse(
+        status_code=422, content={"error": f"invalid request: {fields}", "detail": detail}
+    )
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "request body could not be decoded (invalid JSON or UTF-8)"
+    return JSONResponse(status_code=exc.status_code, content={"error": message},
+                        headers=getattr(exc, "headers", None))
+
+
+def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"error": str(exc)})
+
+
+def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"error": str(exc)})
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app around an engine (made from settings when not given)."""
+    if engine is None:
+        engine = Engine(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(
+        title="Persona OS",
+        version=ENGINE_VERSION,
+        description="A local-first home for long-running LLM personas.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    handlers: dict[Any, Any] = {
+        RequestValidationError: _validation_error,
+        StarletteHTTPException: _http_error,
+        PersonaNotFound: _not_found,
+        ChatConflict: _conflict,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
+    return app
