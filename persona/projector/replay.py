@@ -65,10 +65,15 @@ def table_digest(conn: sqlite3.Connection, table: str) -> str:
 
 
 def projection_digests(conn: sqlite3.Connection) -> dict[str, str]:
-    """Digest of every projection table; fails if the FTS index disagrees with memory."""
-    # 'integrity-check' raises when the full-text index is out of step with its content.
-    conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('integrity-check', 1)")
-    return {table: table_digest(conn, table) for table in PROJECTION_TABLES}
+    """Digest of every projection table, plus whether the FTS index agrees with memory."""
+    digests = {table: table_digest(conn, table) for table in PROJECTION_TABLES}
+    try:
+        # 'integrity-check' raises when the full-text index is out of step with its content.
+        conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('integrity-check', 1)")
+        digests["memory_fts"] = "consistent"
+    except sqlite3.DatabaseError as exc:
+        digests["memory_fts"] = f"INCONSISTENT ({exc})"
+    return digests
 
 
 def combined(digests: dict[str, str]) -> str:

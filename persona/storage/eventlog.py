@@ -162,16 +162,20 @@ def insert_events(
     return stored
 
 
-def _upcast(event_type: str, version: int, payload: dict[str, Any]) -> tuple[int, dict]:
-    while (event_type, version) in UPCASTERS:
-        payload = UPCASTERS[(event_type, version)](payload)
+def _upcast(
+    event_type: str, version: int, payload: dict[str, Any], upcasters: Mapping[tuple[str, int], Upcaster]
+) -> tuple[int, dict[str, Any]]:
+    while (event_type, version) in upcasters:
+        payload = upcasters[(event_type, version)](payload)
         version += 1
     return version, payload
 
 
-def row_to_event(row: sqlite3.Row | tuple) -> Event:
+def row_to_event(
+    row: sqlite3.Row | tuple[Any, ...], upcasters: Mapping[tuple[str, int], Upcaster] = UPCASTERS
+) -> Event:
     """Build an Event from a row of `events`, upcasting old payload versions."""
-    version, payload = _upcast(row[9], row[10], json.loads(row[11]))
+    version, payload = _upcast(row[9], row[10], json.loads(row[11]), upcasters)
     return Event(
         seq=row[0],
         event_id=row[1],
@@ -199,6 +203,7 @@ def read_events(
     trace_id: str | None = None,
     stream_id: str | None = None,
     batch: int = 1000,
+    upcasters: Mapping[tuple[str, int], Upcaster] = UPCASTERS,
 ) -> Iterator[Event]:
     """Iterate events in global order, optionally filtered by trace or stream."""
     where, params = ["seq > ?"], [after_seq]
@@ -218,7 +223,7 @@ def read_events(
         if not rows:
             return
         for row in rows:
-            yield row_to_event(row)
+            yield row_to_event(row, upcasters)
         last = rows[-1][0]
 
 

@@ -1,0 +1,150 @@
+-- index events_trace
+CREATE INDEX events_trace ON events (trace_id);
+-- index events_type
+CREATE INDEX events_type ON events (type);
+-- index memory_persona
+CREATE INDEX memory_persona ON memory (persona_id, kind);
+-- index messages_chat
+CREATE INDEX messages_chat ON messages (chat_id, position);
+-- index turns_chat
+CREATE INDEX turns_chat ON turns (chat_id, turn_index);
+-- table chats
+CREATE TABLE chats (
+    chat_id     TEXT PRIMARY KEY,
+    persona_id  TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    title       TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    turn_count  INTEGER NOT NULL DEFAULT 0
+);
+-- table classifier_failures
+CREATE TABLE classifier_failures (
+    event_id    TEXT PRIMARY KEY,
+    trace_id    TEXT,
+    stage       TEXT NOT NULL,
+    schema_name TEXT NOT NULL,
+    model       TEXT,
+    error       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    failed_at   TEXT NOT NULL
+);
+-- table edge
+CREATE TABLE edge (
+    edge_id     TEXT PRIMARY KEY,   -- src|rel|dst
+    persona_id  TEXT NOT NULL,
+    src         TEXT NOT NULL,
+    rel         TEXT NOT NULL,
+    dst         TEXT NOT NULL,
+    weight      REAL NOT NULL,
+    evidence    INTEGER NOT NULL,   -- how many assertions support it
+    valid_from  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+-- table events
+CREATE TABLE events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,  -- global order
+    event_id        TEXT    NOT NULL UNIQUE,
+    stream_id       TEXT    NOT NULL,                   -- e.g. chat:<id>, persona:<id>
+    stream_version  INTEGER NOT NULL,                   -- 1, 2, ... within the stream
+    trace_id        TEXT,                               -- one per turn
+    parent_event_id TEXT,
+    wall_time       TEXT    NOT NULL,                   -- ISO-8601 UTC, when appended
+    chat_time       TEXT,                               -- the chat clock's time
+    actor           TEXT    NOT NULL,                   -- stage or actor that decided
+    type            TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL DEFAULT 1,
+    payload         TEXT    NOT NULL,                   -- JSON object
+    model           TEXT,
+    tokens_in       INTEGER,
+    tokens_out      INTEGER,
+    latency_ms      REAL,
+    UNIQUE (stream_id, stream_version)
+);
+-- table memory
+CREATE TABLE memory (
+    memory_id   TEXT PRIMARY KEY,
+    persona_id  TEXT NOT NULL,
+    kind        TEXT NOT NULL,      -- core | episodic
+    content     TEXT NOT NULL,
+    importance  REAL NOT NULL,
+    chat_id     TEXT,
+    trace_id    TEXT,
+    created_at  TEXT NOT NULL
+);
+-- table memory_fts
+CREATE VIRTUAL TABLE memory_fts USING fts5 (
+    content,
+    content = 'memory',
+    content_rowid = 'rowid',
+    tokenize = 'porter unicode61'
+);
+-- table memory_fts_config
+CREATE TABLE 'memory_fts_config'(k PRIMARY KEY, v) WITHOUT ROWID;
+-- table memory_fts_data
+CREATE TABLE 'memory_fts_data'(id INTEGER PRIMARY KEY, block BLOB);
+-- table memory_fts_docsize
+CREATE TABLE 'memory_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
+-- table memory_fts_idx
+CREATE TABLE 'memory_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
+-- table messages
+CREATE TABLE messages (
+    message_id  TEXT PRIMARY KEY,
+    chat_id     TEXT NOT NULL,
+    turn_id     TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    role        TEXT NOT NULL,      -- user | assistant
+    content     TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+-- table persona
+CREATE TABLE persona (
+    persona_id  TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    genesis     TEXT NOT NULL,
+    traits      TEXT NOT NULL,      -- JSON object of trait -> 0..1
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    turn_count  INTEGER NOT NULL DEFAULT 0
+);
+-- table schema_migrations
+CREATE TABLE schema_migrations ( version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);
+-- table telemetry
+CREATE TABLE telemetry (
+    trace_id        TEXT PRIMARY KEY,
+    chat_id         TEXT NOT NULL,
+    persona_id      TEXT NOT NULL,
+    turn_index      INTEGER NOT NULL,
+    c               REAL NOT NULL,
+    n               REAL NOT NULL,
+    m               REAL NOT NULL,
+    s               REAL NOT NULL,
+    r               REAL NOT NULL,
+    dialogue_state  TEXT NOT NULL,
+    recorded_at     TEXT NOT NULL
+);
+-- table turns
+CREATE TABLE turns (
+    turn_id      TEXT PRIMARY KEY,
+    chat_id      TEXT NOT NULL,
+    trace_id     TEXT NOT NULL UNIQUE,
+    turn_index   INTEGER NOT NULL,
+    status       TEXT NOT NULL,     -- started | completed | failed
+    user_message TEXT NOT NULL,
+    reply        TEXT,
+    error        TEXT,
+    meta         TEXT,              -- JSON meta of a completed turn
+    started_at   TEXT NOT NULL,
+    ended_at     TEXT
+);
+-- trigger events_no_delete
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: DELETE refused');
+END;
+-- trigger events_no_update
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: UPDATE refused');
+END;

@@ -1,0 +1,73 @@
+"""Migrations: forward-only, idempotent, backed up, and matching the golden schema."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from persona.storage.db import connect
+from persona.storage.migrations import MIGRATIONS_DIR, load_migrations, migrate, schema_dump
+
+GOLDEN = Path(__file__).parent / "golden" / "schema.sql"
+
+
+def test_blank_db_migrates_to_the_golden_schema(tmp_path):
+    conn = connect(tmp_path / "a.db")
+    assert migrate(conn, tmp_path / "a.db") == [m.version for m in load_migrations()]
+    dump = schema_dump(conn)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(dump)
+    assert dump == GOLDEN.read_text(), "schema changed: rerun with UPDATE_GOLDEN=1"
+
+
+def test_migrate_is_idempotent(tmp_path):
+    conn = connect(tmp_path / "a.db")
+    migrate(conn, tmp_path / "a.db")
+    before = schema_dump(conn)
+    assert migrate(conn, tmp_path / "a.db") == []
+    assert schema_dump(conn) == before
+    assert not list(tmp_path.glob("*.bak-*")), "no backup when nothing is pending"
+
+
+def test_existing_db_is_backed_up_before_a_new_migration(tmp_path):
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, migrations)
+    db = tmp_path / "live.db"
+    conn = connect(db)
+    migrate(conn, db, migrations)
+    conn.execute(
+        "INSERT INTO events (event_id, stream_id, stream_version, wall_time, actor, type,"
+        " payload) VALUES ('e1', 's', 1, 'now', 'x', 'persona.created', '{}')"
+    )
+    (migrations / "0002_add_note.sql").write_text("ALTER TABLE persona ADD COLUMN note TEXT;\n")
+    assert migrate(conn, db, migrations) == [2]
+    backups = list(tmp_path.glob("live.db.bak-*"))
+    assert len(backups) == 1
+    old = sqlite3.connect(backups[0])
+    assert old.execute("SELECT event_id FROM events").fetchall() == [("e1",)]
+    assert "note" not in [r[1] for r in old.execute("PRAGMA table_info(persona)")]
+    assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(persona)")]
+
+
+def test_a_broken_migration_leaves_nothing_half_applied(tmp_path):
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, migrations)
+    (migrations / "0002_broken.sql").write_text(
+        "CREATE TABLE half (x INTEGER);\nTHIS IS NOT SQL;\n"
+    )
+    conn = connect(tmp_path / "b.db")
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, tmp_path / "b.db", migrations)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
+    assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
+
+
+def test_gaps_in_numbering_are_refused(tmp_path):
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0003_c.sql").write_text("SELECT 1;")
+    with pytest.raises(ValueError, match="gaps"):
+        load_migrations(tmp_path)

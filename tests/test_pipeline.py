@@ -1,0 +1,220 @@
+"""The five stages: each decides something real and records it as an event of the turn."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from helpers import run_turn
+from persona.engine import Engine
+from persona.llm.scripted import ScriptedBackend, as_json
+from persona.storage import queries
+from persona.storage.db import connect
+from persona.storage.eventlog import NewEvent, read_events
+
+TURN_EVENTS = [
+    "turn.started",
+    "perception.completed",
+    "memory.retrieved",
+    "workspace.selected",
+    "metacognition.completed",
+    "reply.completed",
+    "memory.written",
+    "edge.asserted",
+    "telemetry.recorded",
+    "turn.completed",
+]
+
+
+def _events(engine, trace_id):
+    return list(read_events(connect(engine.settings.db_path), trace_id=trace_id))
+
+
+async def test_every_stage_decision_is_an_event_of_the_turn(engine):
+    result = await run_turn(engine, "Hello! I'm Sam.")
+    trace = result["meta"]["trace_id"]
+    events = _events(engine, trace)
+    assert [e.type for e in events] == ["chat.started", *TURN_EVENTS]
+    started = events[1]
+    assert all(e.trace_id == trace for e in events)
+    assert all(e.parent_event_id == started.event_id for e in events[2:])
+    actors = {e.type: e.actor for e in events}
+    assert actors["perception.completed"] == "perception"
+    assert actors["memory.retrieved"] == "memory"
+    assert actors["workspace.selected"] == "gating"
+    assert actors["metacognition.completed"] == "metacognition"
+    assert actors["reply.completed"] == "speaker"
+    assert {e.stream_id for e in events} == {"chat:chat-1"}
+    assert [e.stream_version for e in events] == list(range(1, 12))
+    reply = next(e for e in events if e.type == "reply.completed")
+    assert reply.model == "scripted" and reply.tokens_out and reply.payload["prompt"]
+
+
+async def test_perception_intent_safety_and_ooc(engine, backend):
+    meta = (await run_turn(engine, "What is the capital of France?"))["meta"]
+    assert set(meta["intent"]) == {
+        "smalltalk", "meta_conversation", "emotional_support", "task_oriented",
+        "factual_query", "creative_roleplay", "self_disclosure", "safety_risk",
+    }
+    assert abs(sum(meta["intent"].values()) - 1) < 1e-3
+    assert max(meta["intent"], key=meta["intent"].get) == "factual_query"
+    assert meta["safety"] == {"total_risk": 0.0, "override": False}
+
+    meta = (await run_turn(engine, "I want to end my life, there is no reason to live"))["meta"]
+    assert meta["safety"]["override"] and meta["safety"]["total_risk"] > 0.9
+    assert meta["dialogue_state"] == "crisis"
+    system_prompt = backend.calls[-1][0].content
+    assert "crisis line" in system_prompt
+
+    meta = (await run_turn(engine, "(( are you an AI? ))"))["meta"]
+    assert meta["ooc"] is True and meta["dialogue_state"] == "out_of_character"
+    assert "out of character" in backend.calls[-1][0].content
+
+
+async def test_memories_belong_to_the_persona_across_chats(engine, backend):
+    await run_turn(engine, "My sister Ana moved to Lisbon last spring", chat_id="a")
+    await run_turn(engine, "Let's talk about cooking", chat_id="a")
+    meta = (await run_turn(engine, "Do you know where Ana lives now?", chat_id="b"))["meta"]
+    retrieved = meta["memory"]["retrieved"]
+    top = retrieved[0]
+    assert "Lisbon" in top["content"] and top["lexical"] == 1.0 and top["used"]
+    assert meta["memory"]["core"] == "core:default"
+    system_prompt = backend.calls[-1][0].content
+    assert "Lisbon" in system_prompt and "old maps" in system_prompt  # memory + core genesis
+
+
+async def test_recency_blends_with_lexical_relevance(engine, clock):
+    await run_turn(engine, "the red kite flew over the harbour", chat_id="a")
+    clock.advance(timedelta(days=30))
+    await run_turn(engine, "the red kite was repaired today", chat_id="a")
+    meta = (await run_turn(engine, "tell me about the red kite", chat_id="b"))["meta"]
+    first, second = meta["memory"]["retrieved"][:2]
+    assert "repaired" in first["content"]  # equally relevant, newer wins
+    assert first["recency"] > 0.9 > 0.01 > second["recency"]
+
+
+async def test_gating_packs_into_a_real_token_budget(tmp_path, clock):
+    from persona.config import Settings
+
+    settings = Settings(db_path=tmp_path / "g.db", context_tokens=400, llm_provider="scripted")
+    engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await engine.start()
+    try:
+        for i in range(6):
+            await run_turn(engine, f"story part {i}: " + "the ship sailed on " * 12, max_tokens=100)
+        meta = (await run_turn(engine, "what about the ship?", max_tokens=100))["meta"]
+    finally:
+        await engine.stop()
+    budget = meta["token_budget"]
+    assert budget["used"] <= budget["available"]
+    reasons = {c["reason"] for c in meta["decision_candidates"]}
+    assert "over budget" in reasons and "fits" in reasons
+    history = [c for c in meta["decision_candidates"] if c["kind"] == "history"]
+    selected = [c for c in history if c["selected"]]
+    # The newest exchanges win the history slots.
+    assert selected and max(c["priority"] for c in history) == selected[0]["priority"]
+
+
+async def test_metacognition_telemetry_and_reward(engine):
+    m1 = (await run_turn(engine, "I love sailing small boats", reward=1.0))["meta"]
+    m2 = (await run_turn(engine, "I love sailing small boats", reward=1.0))["meta"]
+    m3 = (await run_turn(engine, "quantum chromodynamics homework", reward=-1.0))["meta"]
+    for meta in (m1, m2, m3):
+        assert set(meta["telemetry"]) == {"C", "N", "M", "S", "R"}
+        assert all(0.0 <= v <= 1.0 for v in meta["telemetry"].values())
+    assert m1["telemetry"]["N"] == 1.0 and m2["telemetry"]["N"] == 0.0  # repeated message
+    assert m2["telemetry"]["C"] == 1.0  # every word is in the previous exchange
+    r1, r2, r3 = (m["telemetry"]["R"] for m in (m1, m2, m3))
+    assert r2 > r1 > 0.5  # positive rewards accumulate
+    assert r3 < r2 - 0.2  # a negative one pulls it down
+    assert m1["dialogue_state"] in {"opening", "sharing"}
+
+
+async def test_turns_on_one_chat_are_serialized(engine, backend):
+    from persona.llm.base import GenOptions
+    from persona.pipeline.context import TurnRequest
+
+    backend.delay_s = 0.01
+    handles = [
+        engine.runner.submit(TurnRequest(f"message {i}", "local", "c", "default", 0.0, GenOptions()))
+        for i in range(3)
+    ]
+    for h in handles:
+        await h.result
+    events = list(read_events(connect(engine.settings.db_path), stream_id="chat:c"))
+    order = [(e.type, e.trace_id) for e in events if e.type in ("turn.started", "turn.completed")]
+    expected = []
+    for h in handles:
+        expected += [("turn.started", h.trace_id), ("turn.completed", h.trace_id)]
+    assert order == expected
+    indexes = [e.payload["turn_index"] for e in events if e.type == "turn.started"]
+    assert indexes == [0, 1, 2]
+
+
+async def test_restart_keeps_every_chat_and_memory(settings, clock):
+    first = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await first.start()
+    await run_turn(first, "My cat is called Pixel", chat_id="a")
+    await run_turn(first, "Pixel likes boxes", chat_id="b")
+    await first.stop()
+
+    second = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await second.start()
+    try:
+        chats = await second.store.read(queries.list_chats)
+        assert {c["chat_id"] for c in chats} == {"a", "b"}
+        assert await second.store.read(queries.count_memories, "default") == 3
+        meta = (await run_turn(second, "What is my cat called?", chat_id="c"))["meta"]
+        assert any("Pixel" in m["content"] for m in meta["memory"]["retrieved"])
+        personas = await second.store.read(queries.list_personas)
+        assert len(personas) == 1  # the default persona is created once, not per start
+    finally:
+        await second.stop()
+
+
+async def test_a_turn_cut_off_by_a_dead_process_is_marked_failed_on_start(settings, clock):
+    first = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await first.start()
+    await run_turn(first, "hello", chat_id="a")
+    # Simulate a crash right after the turn began: only its first event reached the log.
+    await first.store.append([NewEvent(
+        type="turn.started", stream_id="chat:a", actor="runner", trace_id="t" * 32,
+        payload={"turn_id": "dead", "chat_id": "a", "persona_id": "default", "user_id": "local",
+                 "turn_index": 1, "message": "lost?", "reward_signal": 0, "gen": {}},
+    )])
+    first.store.close()
+
+    second = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await second.start()
+    try:
+        turn = await second.store.read(queries.get_turn, "dead")
+        assert turn["status"] == "failed" and "interrupted" in turn["error"]
+        history = await second.store.read(queries.recent_history, "a", 10)
+        assert [h["user_message"] for h in history] == ["hello"]
+    finally:
+        await second.stop()
+
+
+async def test_classifier_failure_falls_back_and_is_recorded(tmp_path, clock):
+    from persona.config import Settings
+
+    backend = ScriptedBackend()
+    settings = Settings(db_path=tmp_path / "c.db", llm_provider="scripted",
+                        perception_use_classifier=True)
+    engine = Engine(settings, backend=backend, clock=clock)
+    await engine.start()
+    try:
+        backend.enqueue_structured("not json", "{still not json")
+        meta = (await run_turn(engine, "What is the capital of France?"))["meta"]
+        assert max(meta["intent"], key=meta["intent"].get) == "factual_query"  # cue fallback
+        failures = await engine.store.read(queries.classifier_failures)
+        assert len(failures) == 1
+        assert failures[0]["stage"] == "perception" and failures[0]["attempts"] == 2
+        assert failures[0]["trace_id"] == meta["trace_id"]
+
+        backend.enqueue_structured(as_json({"primary_intent": "creative_roleplay",
+                                            "confidence": 1.0}))
+        meta = (await run_turn(engine, "What is the capital of France?"))["meta"]
+        assert meta["intent"]["creative_roleplay"] > 0.5  # the classifier's answer counts
+        assert len(await engine.store.read(queries.classifier_failures)) == 1
+    finally:
+        await engine.stop()

@@ -1,0 +1,83 @@
+"""Projections are pure folds: rebuild and verify reproduce them byte for byte."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import run_turn
+from persona import cli
+from persona.projector.replay import combined, projection_digests, rebuild, verify
+from persona.storage.db import connect
+from persona.storage.eventlog import count_events
+
+
+async def _conversation(engine):
+    for i, msg in enumerate(
+        ["Hi, I'm Sam and I collect old maps", "My sister Ana lives in Lisbon",
+         "What do you remember about my maps?", "I feel a bit lonely tonight"]
+    ):
+        await run_turn(engine, msg, reward=0.5 if i % 2 else -0.25)
+    await run_turn(engine, "A second chat about Lisbon", chat_id="chat-2")
+
+
+async def test_fold_builds_every_projection(engine):
+    await _conversation(engine)
+    conn = connect(engine.settings.db_path)
+    counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+              for t in ("persona", "chats", "turns", "messages", "memory", "edge", "telemetry")}
+    assert counts == {"persona": 1, "chats": 2, "turns": 5, "messages": 10,
+                      "memory": 6, "edge": 1, "telemetry": 5}
+    edge = dict(conn.execute("SELECT * FROM edge").fetchone())
+    assert edge["evidence"] == 5 and edge["src"] == "persona:default"
+    turn = conn.execute("SELECT status, meta FROM turns ORDER BY started_at LIMIT 1").fetchone()
+    assert turn["status"] == "completed" and json.loads(turn["meta"])["trace_id"]
+    # The FTS index follows the memory table.
+    hits = conn.execute("SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'lisbon'").fetchone()
+    assert hits[0] == 2
+
+
+async def test_verify_after_a_multi_turn_conversation(engine, tmp_path):
+    await _conversation(engine)
+    live, replayed = verify(engine.settings.db_path, tmp_path / "scratch.db")
+    assert live == replayed
+    assert set(live) >= {"persona", "memory", "edge", "telemetry", "turns", "messages"}
+
+
+async def test_rebuild_restores_the_same_bytes(engine):
+    await _conversation(engine)
+    conn = connect(engine.settings.db_path)
+    before = projection_digests(conn)
+    n = count_events(conn)
+    seen = []
+    assert rebuild(conn, seen.append) == n
+    assert len(seen) == n
+    assert projection_digests(conn) == before
+
+
+async def test_cli_verify_reports_both_digests_and_detects_drift(engine, monkeypatch, capsys):
+    await _conversation(engine)
+    monkeypatch.setenv("PERSONA_DB_PATH", str(engine.settings.db_path))
+    assert cli.main(["verify", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    conn = connect(engine.settings.db_path)
+    digest = combined(projection_digests(conn))
+    assert f"live digest:     {digest}" in out and f"replayed digest: {digest}" in out
+
+    conn.execute("UPDATE persona SET name = 'Tampered'")  # projections are not the truth
+    assert cli.main(["verify", "--quiet"]) == 1
+    assert "DIFF persona" in capsys.readouterr().out
+
+    assert cli.main(["rebuild", "--quiet"]) == 0
+    assert conn.execute("SELECT name FROM persona").fetchone()[0] == "Mira"
+    assert cli.main(["verify", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("table", ["memory", "telemetry"])
+async def test_dropping_a_projection_row_is_caught(engine, tmp_path, table):
+    await run_turn(engine, "remember the blue lighthouse")
+    conn = connect(engine.settings.db_path)
+    conn.execute(f"DELETE FROM {table} WHERE rowid = (SELECT MAX(rowid) FROM {table})")
+    live, replayed = verify(engine.settings.db_path, tmp_path / "scratch.db")
+    assert live[table] != replayed[table]
