@@ -31,7 +31,7 @@ def _config_file() -> Path:
 class Settings(BaseSettings):
     """Every setting of the process; behaviour-changing ones feed `config_hash`."""
 
-    model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="forbid", populate_by_name=True)
 
     data_dir: Path = PROJECT_ROOT / "data"
     db_path: Path = PROJECT_ROOT / "data" / "persona.db"
