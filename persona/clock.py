@@ -43,4 +43,4 @@ def iso(moment: datetime) -> str:
 
 def parse_iso(text: str) -> datetime:
     """Parse a timestamp written by `iso`."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(text)  # 3.11 accepts the trailing Z; faster than strptime

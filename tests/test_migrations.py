@@ -43,8 +43,9 @@ def test_existing_db_is_backed_up_before_a_new_migration(tmp_path):
         "INSERT INTO events (event_id, stream_id, stream_version, wall_time, actor, type,"
         " payload) VALUES ('e1', 's', 1, 'now', 'x', 'persona.created', '{}')"
     )
-    (migrations / "0002_add_note.sql").write_text("ALTER TABLE persona ADD COLUMN note TEXT;\n")
-    assert migrate(conn, db, migrations) == [2]
+    nxt = len(load_migrations()) + 1
+    (migrations / f"{nxt:04d}_add_note.sql").write_text("ALTER TABLE persona ADD COLUMN note TEXT;\n")
+    assert migrate(conn, db, migrations) == [nxt]
     backups = list(tmp_path.glob("live.db.bak-*"))
     assert len(backups) == 1
     old = sqlite3.connect(backups[0])
@@ -56,14 +57,16 @@ def test_existing_db_is_backed_up_before_a_new_migration(tmp_path):
 def test_a_broken_migration_leaves_nothing_half_applied(tmp_path):
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "0002_broken.sql").write_text(
+    nxt = len(load_migrations()) + 1
+    (migrations / f"{nxt:04d}_broken.sql").write_text(
         "CREATE TABLE half (x INTEGER);\nTHIS IS NOT SQL;\n"
     )
     conn = connect(tmp_path / "b.db")
     with pytest.raises(sqlite3.OperationalError):
         migrate(conn, tmp_path / "b.db", migrations)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
-    assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
+    applied = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert applied == list(range(1, nxt))
 
 
 def test_gaps_in_numbering_are_refused(tmp_path):

@@ -223,7 +223,9 @@ class TurnRunner:
         return ctx, stored[-1]
 
     async def _turn(self, request: TurnRequest, handle: TurnHandle) -> dict[str, Any]:
+        t_begin = time.perf_counter()
         ctx, started = await self._begin(request, handle)
+        ctx.timing_ms["begin"] = round((time.perf_counter() - t_begin) * 1000, 3)
         self._publish(handle, "start", {
             "trace_id": ctx.trace_id, "session_id": request.chat_id, "turn_id": ctx.turn_id,
             "message": request.message,

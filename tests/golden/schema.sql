@@ -4,6 +4,8 @@ CREATE INDEX events_trace ON events (trace_id);
 CREATE INDEX events_type ON events (type);
 -- index memory_persona
 CREATE INDEX memory_persona ON memory (persona_id, kind);
+-- index memory_recent
+CREATE INDEX memory_recent ON memory (persona_id, kind, created_at);
 -- index messages_chat
 CREATE INDEX messages_chat ON messages (chat_id, position);
 -- index turns_chat
