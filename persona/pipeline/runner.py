@@ -110,6 +110,8 @@ class TurnRunner:
         """Queue a turn on its chat; it runs even if the caller goes away."""
         loop = asyncio.get_running_loop()
         handle = TurnHandle(uuid.uuid4().hex, uuid.uuid4().hex, request.chat_id, loop.create_future())
+        # Fire-and-forget callers (the HTML form) never read the result: mark it retrieved.
+        handle.result.add_done_callback(lambda f: f.cancelled() or f.exception())
         task = loop.create_task(self._run(request, handle), name=f"turn-{handle.trace_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

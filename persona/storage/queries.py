@@ -44,7 +44,8 @@ def chat_messages(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]
     return [
         dict(r)
         for r in conn.execute(
-            "SELECT m.*, t.status AS turn_status, t.trace_id AS trace_id FROM messages m"
+            "SELECT m.*, t.status AS turn_status, t.trace_id AS trace_id, t.error AS turn_error"
+            " FROM messages m"
             " JOIN turns t ON t.turn_id = m.turn_id WHERE m.chat_id = ? ORDER BY m.position",
             (chat_id,),
         )

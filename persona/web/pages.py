@@ -1,5 +1,241 @@
-"""HTML pages (the web helper fills this in)."""
+"""HTML pages: the chat screen, its message form, and its live stream of HTML fragments."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+
+from persona.engine import Engine
+from persona.pipeline.broadcast import TurnEvent
+from persona.pipeline.runner import ChatConflict, PersonaNotFound
+from persona.storage import queries
+from persona.web.deps import EngineDep
+from persona.web.schemas import ID_PATTERN, MAX_MESSAGE_CHARS, ChatRequest
+from persona.web.templating import fragment, templates
+from persona.web.turns import build_request, new_session_id
+
+router = APIRouter(include_in_schema=False)
+
+CHAT = "chat.html"
+_ID = re.compile(ID_PATTERN)
+# A urlencoded form of the longest message, every character percent-encoded UTF-8, fits.
+MAX_FORM_BYTES = 16 * MAX_MESSAGE_CHARS
+RECENT_CHATS = 30
+
+
+def valid_id(value: str) -> bool:
+    """Whether a path or form value is a well-formed id (fullmatch: no trailing newline)."""
+    return _ID.fullmatch(value) is not None
+
+
+# ---- read side: the data a page or fragment shows -------------------------------------------
+
+
+def group_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold a chat's messages into turns: user text, reply, status, and the error of failures."""
+    turns: dict[str, dict[str, Any]] = {}
+    for m in messages:
+        turn = turns.setdefault(
+            m["turn_id"],
+            {
+                "trace_id": m["trace_id"],
+                "user": "",
+                "reply": None,
+                "status": m["turn_status"],
+                "error": m["turn_error"],
+            },
+        )
+        turn["user" if m["role"] == "user" else "reply"] = m["content"]
+    return list(turns.values())
+
+
+def chat_view(
+    conn: sqlite3.Connection, chat_id: str, persona_id: str | None, default_persona: str
+) -> dict[str, Any] | None:
+    """Everything the chat page shows; None when its persona does not exist."""
+    chat = queries.get_chat(conn, chat_id)
+    chosen = chat["persona_id"] if chat else persona_id or default_persona
+    persona = queries.get_persona(conn, chosen)
+    if persona is None:
+        return None
+    last = queries.last_completed_turn(conn, chat_id)
+    return {
+        "session_id": chat_id,
+        "title": chat["title"] if chat else "New chat",
+        "persona": persona,
+        # A new chat remembers a chosen persona until its first turn creates it.
+        "persona_id_field": persona_id if chat is None else None,
+        "chats": queries.list_chats(conn, RECENT_CHATS),
+        "turns": group_turns(queries.chat_messages(conn, chat_id)),
+        "meta": last["meta"] if last else None,
+        "max_chars": MAX_MESSAGE_CHARS,
+    }
+
+
+def stream_view(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
+    """What the stream's fragments need besides the event: the persona and the chat list."""
+    chat = queries.get_chat(conn, chat_id)
+    persona = queries.get_persona(conn, chat["persona_id"]) if chat else None
+    return {
+        "session_id": chat_id,
+        "persona": persona or {"name": "Persona"},
+        "chats": queries.list_chats(conn, RECENT_CHATS),
+    }
+
+
+async def render_event(engine: Engine, event: TurnEvent) -> str:
+    """One turn event as HTML with out-of-band swaps that land it in the right element."""
+    data = event.data
+    if event.kind == "delta":
+        return fragment("stream.html", "delta", trace_id=event.trace_id, text=data["text"])
+    view = await engine.store.read(stream_view, event.chat_id)
+    turn: dict[str, Any] = {"trace_id": event.trace_id}
+    if event.kind == "error":
+        turn.update(status="failed", error=data.get("error", "unknown error"))
+        return fragment(CHAT, "assistant", turn=turn, oob=True, **view)
+    # The sidebar follows too: a chat appears on its first turn, counts change on each.
+    chat_list = fragment(CHAT, "chat_list", oob=True, **view)
+    if event.kind == "start":
+        turn.update(user=data.get("message", ""), reply="", status="started")
+        return fragment(CHAT, "turn", turn=turn, append=True, **view) + chat_list
+    turn.update(reply=data["reply"], status="completed")
+    drawer = fragment(CHAT, "drawer", meta=data["meta"], oob=True, **view)
+    return fragment(CHAT, "assistant", turn=turn, oob=True, **view) + drawer + chat_list
+
+
+async def live_fragments(engine: Engine, chat_id: str) -> AsyncIterator[dict[str, str]]:
+    """Every turn of a chat, from any tab or client, as SSE events of HTML fragments."""
+    with engine.broadcaster.subscribe(chat_id) as queue:
+        while True:
+            event = await queue.get()
+            yield {"event": event.kind, "data": await render_event(engine, event)}
+
+
+# ---- the form -------------------------------------------------------------------------------
+
+
+class FormError(ValueError):
+    """The submitted form is unusable; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.status = status
+        self.errors = errors
+
+
+def _number(raw: str) -> float | str:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw  # left to the model's validation, which names the field
+
+
+async def chat_request_from_form(request: Request, session_id: str) -> ChatRequest:
+    """Parse the urlencoded message form into a ChatRequest (raises FormError)."""
+    if not valid_id(session_id):
+        raise FormError(422, [f"invalid session id {session_id!r}"])
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if body and content_type != "application/x-www-form-urlencoded":
+        raise FormError(415, ["send the form urlencoded (application/x-www-form-urlencoded)"])
+    if len(body) > MAX_FORM_BYTES:
+        raise FormError(413, ["the message is too long"])
+    try:
+        form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        raise FormError(400, ["the form is not valid UTF-8"]) from None
+    data: dict[str, Any] = {"message": form.get("message", ""), "session_id": session_id}
+    if form.get("persona_id"):
+        data["persona_id"] = form["persona_id"]
+    if form.get("reward_signal", "").strip():
+        data["reward_signal"] = _number(form["reward_signal"].strip())
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise FormError(422, describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> list[str]:
+    """One readable line per invalid field (a union's alternatives report once)."""
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "form"
+        lines.setdefault(field, str(error["msg"]).removeprefix("Value error, "))
+    return [f"{field}: {message}" for field, message in lines.items()]
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+
+def _consume(result: asyncio.Future[Any]) -> None:
+    if not result.cancelled():
+        result.exception()
+
+
+def error_page(request: Request, status: int, title: str, message: str) -> Response:
+    """A full HTML error page."""
+    context = {"status_code": status, "title": title, "message": message}
+    return templates.TemplateResponse(request, "error.html", context, status_code=status)
+
+
+def form_errors(request: Request, status: int, errors: list[str]) -> Response:
+    """The error list shown under the message box."""
+    return templates.TemplateResponse(
+        request, CHAT, {"errors": errors}, status_code=status, block_name="form_error"
+    )
+
+
+@router.get("/")
+async def index() -> RedirectResponse:
+    """Start a new chat: a fresh id; nothing is written until its first message."""
+    return RedirectResponse(f"/chats/{new_session_id()}", status_code=303)
+
+
+@router.get("/chats/{session_id}", response_class=HTMLResponse)
+async def chat_page(
+    request: Request, session_id: str, engine: EngineDep, persona_id: str | None = None
+) -> Response:
+    """The chat: recent chats, messages, the composer and the state drawer."""
+    for value in (session_id, persona_id):
+        if value is not None and not valid_id(value):
+            return error_page(request, 422, "Invalid id", f"{value!r} is not a valid id.")
+    view = await engine.store.read(chat_view, session_id, persona_id, engine.default_persona_id)
+    if view is None:
+        return error_page(request, 404, "Unknown persona", f"No persona {persona_id!r}.")
+    return templates.TemplateResponse(request, CHAT, view)
+
+
+@router.post("/chats/{session_id}/messages", status_code=202)
+async def post_message(request: Request, session_id: str, engine: EngineDep) -> Response:
+    """Start a turn and answer 202 at once; every tab renders it from the chat's stream."""
+    try:
+        body = await chat_request_from_form(request, session_id)
+        turn = await build_request(engine, body)
+    except FormError as exc:
+        return form_errors(request, exc.status, exc.errors)
+    except PersonaNotFound as exc:
+        return form_errors(request, 404, [str(exc)])
+    except ChatConflict as exc:
+        return form_errors(request, 409, [str(exc)])
+    handle = engine.runner.submit(turn)
+    # Nobody awaits the result here (the stream shows it); retrieve a failure so asyncio
+    # does not log "Future exception was never retrieved" for a turn already recorded.
+    handle.result.add_done_callback(_consume)
+    return Response(status_code=202)
+
+
+@router.get("/chats/{session_id}/stream")
+async def chat_stream(session_id: str, engine: EngineDep) -> Response:
+    """Server-Sent Events of HTML fragments for every turn of the chat."""
+    if not valid_id(session_id):
+        return Response(f"invalid session id {session_id!r}", status_code=422)
+    return EventSourceResponse(live_fragments(engine, session_id), ping=15)
