@@ -59,9 +59,10 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     conn = _open(settings)
     total = count_events(conn)
     conn.close()
-    with tempfile.TemporaryDirectory() as tmp, tqdm(
-        total=total, unit="ev", desc="replaying", disable=args.quiet
-    ) as bar:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tqdm(total=total, unit="ev", desc="replaying", disable=args.quiet) as bar,
+    ):
         live, replayed = verify(settings.db_path, Path(tmp) / "scratch.db", bar.update)
     for table in live:
         mark = "ok " if live[table] == replayed[table] else "DIFF"

@@ -87,9 +87,7 @@ class Settings(BaseSettings):
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of behaviour settings plus every prompt template."""
-        prompts = {
-            p.name: p.read_text(encoding="utf-8") for p in sorted(PROMPTS_DIR.glob("*.j2"))
-        }
+        prompts = {p.name: p.read_text(encoding="utf-8") for p in sorted(PROMPTS_DIR.glob("*.j2"))}
         canonical = json.dumps(
             {"settings": self.behaviour(), "prompts": prompts},
             sort_keys=True,

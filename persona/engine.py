@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 class Engine:
     """Everything a running Persona OS holds; the web app and tests build one each."""
 
-    def __init__(self, settings: Settings, backend: Backend | None = None, clock: Clock | None = None):
+    def __init__(
+        self, settings: Settings, backend: Backend | None = None, clock: Clock | None = None
+    ):
         self.settings = settings
         self.store = Store(settings.db_path, clock)
         if backend is None:

@@ -42,7 +42,9 @@ def backend() -> ScriptedBackend:
 
 
 @pytest.fixture
-async def engine(settings: Settings, backend: ScriptedBackend, clock: FixedClock) -> AsyncIterator[Engine]:
+async def engine(
+    settings: Settings, backend: ScriptedBackend, clock: FixedClock
+) -> AsyncIterator[Engine]:
     eng = Engine(settings, backend=backend, clock=clock)
     await eng.start()
     yield eng
@@ -57,6 +59,8 @@ def client(settings: Settings, backend: ScriptedBackend, clock: FixedClock) -> I
 
 
 @pytest.fixture
-def live_server(settings: Settings, backend: ScriptedBackend, clock: FixedClock) -> Iterator[LiveServer]:
+def live_server(
+    settings: Settings, backend: ScriptedBackend, clock: FixedClock
+) -> Iterator[LiveServer]:
     with LiveServer(Engine(settings, backend=backend, clock=clock)) as server:
         yield server

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -88,7 +89,7 @@ async def async_wait_until(predicate, timeout: float = 10.0):  # type: ignore[no
     raise AssertionError("condition not met in time")
 
 
-async def read_sse(response: Any, stop_after: tuple[str, ...] = ("done", "error")):  # type: ignore[no-untyped-def]
+async def read_sse(response: Any, stop_after: tuple[str, ...] = ("done", "error")) -> Any:
     """Yield (event, data) pairs from a streaming httpx response; JSON-decode data."""
     import json
 

@@ -6,16 +6,26 @@ import asyncio
 
 import httpx
 import pytest
-
 from helpers import read_sse, wait_until
+
 from persona.llm.scripted import FailAfter
 from persona.meta import META_V1_KEYS
 from persona.storage.db import connect
 from persona.storage.eventlog import count_events, read_events
 
 META_KEYS = {
-    "trace_id", "intent", "dialogue_state", "telemetry", "safety", "decision_candidates",
-    "memory", "timing_ms", "meta_v1", "meta_version", "engine_version", "build_sha",
+    "trace_id",
+    "intent",
+    "dialogue_state",
+    "telemetry",
+    "safety",
+    "decision_candidates",
+    "memory",
+    "timing_ms",
+    "meta_v1",
+    "meta_version",
+    "engine_version",
+    "build_sha",
     "config_hash",
 }
 
@@ -34,7 +44,7 @@ def test_chat_contract(client, settings):
     assert set(body) == {"reply", "meta", "session_id", "turn_id"}
     assert body["reply"] == "(scripted reply) You said: hello"
     meta = body["meta"]
-    assert META_KEYS <= set(meta)
+    assert set(meta) >= META_KEYS
     assert set(meta["meta_v1"]) == set(META_V1_KEYS)
     assert meta["meta_v1"]["trace_id"] == meta["trace_id"]
     assert len(meta["intent"]) == 8 and all(0 <= v <= 1 for v in meta["intent"].values())
@@ -45,7 +55,9 @@ def test_chat_contract(client, settings):
     assert meta["config_hash"] == settings.config_hash() and len(meta["config_hash"]) == 64
     assert meta["session_id"] == body["session_id"] and meta["turn_id"] == body["turn_id"]
 
-    again = client.post("/persona/chat", json={"message": "and again", "session_id": body["session_id"]})
+    again = client.post(
+        "/persona/chat", json={"message": "and again", "session_id": body["session_id"]}
+    )
     assert again.json()["session_id"] == body["session_id"]
     history = client.get(f"/persona/chat/{body['session_id']}").json()["messages"]
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
@@ -76,7 +88,7 @@ def test_stream_contract_and_event_order(client, backend):
     assert set(start) == {"trace_id", "session_id", "turn_id"}
     assert "".join(d["text"] for k, d in events if k == "delta") == done["reply"]
     assert done["reply"] == "Hello there, traveller. Maps are my favourite thing."
-    assert done["meta"]["trace_id"] == start["trace_id"] and META_KEYS <= set(done["meta"])
+    assert done["meta"]["trace_id"] == start["trace_id"] and set(done["meta"]) >= META_KEYS
 
 
 def _parse(lines):
@@ -96,7 +108,9 @@ def _parse(lines):
 
 def test_llm_failure_mid_stream_records_a_failed_turn(client, backend, settings):
     backend.enqueue(FailAfter("I was about to say something", "model crashed"))
-    with client.stream("POST", "/persona/chat/stream", json={"message": "hi", "session_id": "s1"}) as r:
+    with client.stream(
+        "POST", "/persona/chat/stream", json={"message": "hi", "session_id": "s1"}
+    ) as r:
         events = _parse(r.iter_lines())
     kinds = [k for k, _ in events]
     assert kinds[0] == "start" and "delta" in kinds and kinds[-1] == "error"
@@ -109,7 +123,10 @@ def test_llm_failure_mid_stream_records_a_failed_turn(client, backend, settings)
     assert "turn.failed" in types and "reply.completed" not in types
     assert "memory.written" not in types
     # The chat goes on afterwards.
-    assert client.post("/persona/chat", json={"message": "again", "session_id": "s1"}).status_code == 200
+    assert (
+        client.post("/persona/chat", json={"message": "again", "session_id": "s1"}).status_code
+        == 200
+    )
 
 
 def test_llm_failure_on_the_json_endpoint_is_a_502_with_trace(client, backend):
@@ -136,9 +153,9 @@ BAD_BODIES = [
     (b'{"message": "hi", "gen": {"top_k": 3}}', 422),
     (b'{"message": "hi", "unknown": 1}', 422),
     (b'{"mesage": "hi"}', 422),
-    (b'[]', 422),
+    (b"[]", 422),
     (b'{"message": "hi"', 400),
-    (b'not json at all', 400),
+    (b"not json at all", 400),
     (b'{"message": "\xff\xfe bad utf-8"}', 400),
     (b'{"message": "hi", "persona_id": "nobody"}', 404),
 ]
@@ -163,7 +180,9 @@ def test_session_of_another_persona_is_a_conflict(client, settings):
     spec = PersonaSpec(persona_id="other", name="O", description="d", genesis="g")
     engine.store.sync_append([created_event(spec)])
     before = count_events(connect(settings.db_path))
-    r = client.post("/persona/chat", json={"message": "hi", "session_id": "s", "persona_id": "other"})
+    r = client.post(
+        "/persona/chat", json={"message": "hi", "session_id": "s", "persona_id": "other"}
+    )
     assert r.status_code == 409 and "default" in r.json()["error"]
     assert count_events(connect(settings.db_path)) == before
     ok = client.post("/persona/chat", json={"message": "hi", "persona_id": "other"})
@@ -175,11 +194,13 @@ async def test_client_disconnect_mid_stream_still_completes_the_turn(live_server
     backend.enqueue(reply)
     backend.delay_s = 0.05
     async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
-        async with http.stream("POST", "/persona/chat/stream",
-                               json={"message": "hi", "session_id": "gone"}) as r:
+        async with http.stream(
+            "POST", "/persona/chat/stream", json={"message": "hi", "session_id": "gone"}
+        ) as r:
             async for kind, _ in read_sse(r):
                 if kind == "delta":
                     break  # the client goes away after the first token
+
         def completed():
             msgs = httpx.get(f"{live_server.url}/persona/chat/gone").json()["messages"]
             return msgs if len(msgs) == 2 else None
@@ -194,14 +215,18 @@ async def test_every_open_tab_receives_the_turn(live_server, backend):
     engine = live_server.engine
 
     async def tab():
-        async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
-            async with http.stream("GET", "/persona/chat/shared/events") as r:
-                return [ev async for ev in read_sse(r)]
+        async with (
+            httpx.AsyncClient(base_url=live_server.url, timeout=10) as http,
+            http.stream("GET", "/persona/chat/shared/events") as r,
+        ):
+            return [ev async for ev in read_sse(r)]
 
     tabs = [asyncio.create_task(tab()) for _ in range(2)]
     await asyncio.to_thread(wait_until, lambda: engine.broadcaster.subscriber_count("shared") == 2)
     async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
-        sent = (await http.post("/persona/chat", json={"message": "hi", "session_id": "shared"})).json()
+        sent = (
+            await http.post("/persona/chat", json={"message": "hi", "session_id": "shared"})
+        ).json()
     results = await asyncio.wait_for(asyncio.gather(*tabs), timeout=10)
     for events in results:
         kinds = [k for k, _ in events]

@@ -36,7 +36,9 @@ def _persona_event(pid: str = "p1") -> NewEvent:
 
 
 def _append(conn, events, expected=None):
-    return run_in_transaction(conn, append_and_project, events, "2026-01-01T00:00:00.000000Z", expected)
+    return run_in_transaction(
+        conn, append_and_project, events, "2026-01-01T00:00:00.000000Z", expected
+    )
 
 
 def test_update_and_delete_are_refused_by_the_database(conn):
@@ -53,8 +55,14 @@ def test_streams_get_consecutive_versions_and_global_sequence(conn):
     stored = _append(conn, [_persona_event("a"), _persona_event("b")])
     more = _append(
         conn,
-        [NewEvent(type="chat.started", stream_id="persona:a", actor="t",
-                  payload={"chat_id": "c", "persona_id": "a", "user_id": "u", "title": "t"})],
+        [
+            NewEvent(
+                type="chat.started",
+                stream_id="persona:a",
+                actor="t",
+                payload={"chat_id": "c", "persona_id": "a", "user_id": "u", "title": "t"},
+            )
+        ],
     )
     assert [e.stream_version for e in stored + more] == [1, 1, 2]
     assert [e.seq for e in stored + more] == sorted(e.seq for e in stored + more)
@@ -62,8 +70,12 @@ def test_streams_get_consecutive_versions_and_global_sequence(conn):
 
 def test_optimistic_concurrency_rejects_a_stale_writer(conn):
     _append(conn, [_persona_event("a")])
-    late = NewEvent(type="chat.started", stream_id="persona:a", actor="t",
-                    payload={"chat_id": "c", "persona_id": "a", "user_id": "u", "title": "t"})
+    late = NewEvent(
+        type="chat.started",
+        stream_id="persona:a",
+        actor="t",
+        payload={"chat_id": "c", "persona_id": "a", "user_id": "u", "title": "t"},
+    )
     with pytest.raises(ConcurrencyError):
         _append(conn, [late], {"persona:a": 0})  # the writer believed the stream was empty
     assert count_events(conn) == 1
@@ -88,10 +100,14 @@ def test_a_failing_projection_rolls_back_the_append(conn):
 
 
 def test_read_filters_by_trace_and_upcasts_old_payloads(conn):
-    e = NewEvent(type="persona.created", stream_id="persona:z", actor="system", trace_id="t1",
-                 schema_version=0,
-                 payload={"persona_id": "z", "name": "Z", "description": "d", "genesis": "g",
-                          "traits": {}})
+    e = NewEvent(
+        type="persona.created",
+        stream_id="persona:z",
+        actor="system",
+        trace_id="t1",
+        schema_version=0,
+        payload={"persona_id": "z", "name": "Z", "description": "d", "genesis": "g", "traits": {}},
+    )
     run_in_transaction(conn, insert_events, [e, _persona_event("y")], "2026-01-01T00:00:00.000000Z")
     events = list(read_events(conn, trace_id="t1"))
     assert [ev.payload["persona_id"] for ev in events] == ["z"]

@@ -44,7 +44,9 @@ def test_existing_db_is_backed_up_before_a_new_migration(tmp_path):
         " payload) VALUES ('e1', 's', 1, 'now', 'x', 'persona.created', '{}')"
     )
     nxt = len(load_migrations()) + 1
-    (migrations / f"{nxt:04d}_add_note.sql").write_text("ALTER TABLE persona ADD COLUMN note TEXT;\n")
+    (migrations / f"{nxt:04d}_add_note.sql").write_text(
+        "ALTER TABLE persona ADD COLUMN note TEXT;\n"
+    )
     assert migrate(conn, db, migrations) == [nxt]
     backups = list(tmp_path.glob("live.db.bak-*"))
     assert len(backups) == 1

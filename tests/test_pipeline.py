@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from helpers import run_turn
+
 from persona.engine import Engine
 from persona.llm.scripted import ScriptedBackend, as_json
 from persona.storage import queries
@@ -52,8 +53,14 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
 async def test_perception_intent_safety_and_ooc(engine, backend):
     meta = (await run_turn(engine, "What is the capital of France?"))["meta"]
     assert set(meta["intent"]) == {
-        "smalltalk", "meta_conversation", "emotional_support", "task_oriented",
-        "factual_query", "creative_roleplay", "self_disclosure", "safety_risk",
+        "smalltalk",
+        "meta_conversation",
+        "emotional_support",
+        "task_oriented",
+        "factual_query",
+        "creative_roleplay",
+        "self_disclosure",
+        "safety_risk",
     }
     assert abs(sum(meta["intent"].values()) - 1) < 1e-3
     assert max(meta["intent"], key=meta["intent"].get) == "factual_query"
@@ -135,7 +142,9 @@ async def test_turns_on_one_chat_are_serialized(engine, backend):
 
     backend.delay_s = 0.01
     handles = [
-        engine.runner.submit(TurnRequest(f"message {i}", "local", "c", "default", 0.0, GenOptions()))
+        engine.runner.submit(
+            TurnRequest(f"message {i}", "local", "c", "default", 0.0, GenOptions())
+        )
         for i in range(3)
     ]
     for h in handles:
@@ -176,11 +185,26 @@ async def test_a_turn_cut_off_by_a_dead_process_is_marked_failed_on_start(settin
     await first.start()
     await run_turn(first, "hello", chat_id="a")
     # Simulate a crash right after the turn began: only its first event reached the log.
-    await first.store.append([NewEvent(
-        type="turn.started", stream_id="chat:a", actor="runner", trace_id="t" * 32,
-        payload={"turn_id": "dead", "chat_id": "a", "persona_id": "default", "user_id": "local",
-                 "turn_index": 1, "message": "lost?", "reward_signal": 0, "gen": {}},
-    )])
+    await first.store.append(
+        [
+            NewEvent(
+                type="turn.started",
+                stream_id="chat:a",
+                actor="runner",
+                trace_id="t" * 32,
+                payload={
+                    "turn_id": "dead",
+                    "chat_id": "a",
+                    "persona_id": "default",
+                    "user_id": "local",
+                    "turn_index": 1,
+                    "message": "lost?",
+                    "reward_signal": 0,
+                    "gen": {},
+                },
+            )
+        ]
+    )
     first.store.close()
 
     second = Engine(settings, backend=ScriptedBackend(), clock=clock)
@@ -198,8 +222,9 @@ async def test_classifier_failure_falls_back_and_is_recorded(tmp_path, clock):
     from persona.config import Settings
 
     backend = ScriptedBackend()
-    settings = Settings(db_path=tmp_path / "c.db", llm_provider="scripted",
-                        perception_use_classifier=True)
+    settings = Settings(
+        db_path=tmp_path / "c.db", llm_provider="scripted", perception_use_classifier=True
+    )
     engine = Engine(settings, backend=backend, clock=clock)
     await engine.start()
     try:
@@ -211,8 +236,9 @@ async def test_classifier_failure_falls_back_and_is_recorded(tmp_path, clock):
         assert failures[0]["stage"] == "perception" and failures[0]["attempts"] == 2
         assert failures[0]["trace_id"] == meta["trace_id"]
 
-        backend.enqueue_structured(as_json({"primary_intent": "creative_roleplay",
-                                            "confidence": 1.0}))
+        backend.enqueue_structured(
+            as_json({"primary_intent": "creative_roleplay", "confidence": 1.0})
+        )
         meta = (await run_turn(engine, "What is the capital of France?"))["meta"]
         assert meta["intent"]["creative_roleplay"] > 0.5  # the classifier's answer counts
         assert len(await engine.store.read(queries.classifier_failures)) == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import run_turn
+
 from persona import cli
 from persona.projector.replay import combined, projection_digests, rebuild, verify
 from persona.storage.db import connect
@@ -15,8 +15,12 @@ from persona.storage.eventlog import count_events
 
 async def _conversation(engine):
     for i, msg in enumerate(
-        ["Hi, I'm Sam and I collect old maps", "My sister Ana lives in Lisbon",
-         "What do you remember about my maps?", "I feel a bit lonely tonight"]
+        [
+            "Hi, I'm Sam and I collect old maps",
+            "My sister Ana lives in Lisbon",
+            "What do you remember about my maps?",
+            "I feel a bit lonely tonight",
+        ]
     ):
         await run_turn(engine, msg, reward=0.5 if i % 2 else -0.25)
     await run_turn(engine, "A second chat about Lisbon", chat_id="chat-2")
@@ -25,16 +29,27 @@ async def _conversation(engine):
 async def test_fold_builds_every_projection(engine):
     await _conversation(engine)
     conn = connect(engine.settings.db_path)
-    counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-              for t in ("persona", "chats", "turns", "messages", "memory", "edge", "telemetry")}
-    assert counts == {"persona": 1, "chats": 2, "turns": 5, "messages": 10,
-                      "memory": 6, "edge": 1, "telemetry": 5}
+    counts = {
+        t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("persona", "chats", "turns", "messages", "memory", "edge", "telemetry")
+    }
+    assert counts == {
+        "persona": 1,
+        "chats": 2,
+        "turns": 5,
+        "messages": 10,
+        "memory": 6,
+        "edge": 1,
+        "telemetry": 5,
+    }
     edge = dict(conn.execute("SELECT * FROM edge").fetchone())
     assert edge["evidence"] == 5 and edge["src"] == "persona:default"
     turn = conn.execute("SELECT status, meta FROM turns ORDER BY started_at LIMIT 1").fetchone()
     assert turn["status"] == "completed" and json.loads(turn["meta"])["trace_id"]
     # The FTS index follows the memory table.
-    hits = conn.execute("SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'lisbon'").fetchone()
+    hits = conn.execute(
+        "SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'lisbon'"
+    ).fetchone()
     assert hits[0] == 2
 
 

@@ -43,7 +43,12 @@ def candidates(ctx: TurnContext) -> list[dict[str, Any]]:
             }
         )
     for m in memory["results"]:
-        item = {"kind": "memory", "id": m["memory_id"], "priority": m["score"], "text": m["content"]}
+        item = {
+            "kind": "memory",
+            "id": m["memory_id"],
+            "priority": m["score"],
+            "text": m["content"],
+        }
         if m["memory_id"] in in_history:
             item["redundant"] = True
         items.append(item)

@@ -33,9 +33,7 @@ def recency(created_at: str, now: datetime, half_life_h: float) -> float:
     return math.exp(-math.log(2) * age_h / half_life_h)
 
 
-def rank(
-    candidates: list[dict[str, Any]], now: datetime, env: StageEnv
-) -> list[dict[str, Any]]:
+def rank(candidates: list[dict[str, Any]], now: datetime, env: StageEnv) -> list[dict[str, Any]]:
     """Score candidates: lexical (BM25 normalised to the best hit), recency, importance."""
     s = env.settings
     best = max((-c["bm25"] for c in candidates if c["bm25"] is not None), default=0.0)

@@ -97,9 +97,7 @@ class TurnRunner:
         chat = await self.store.read(queries.get_chat, chat_id)
         if chat is not None:
             if persona_id is not None and persona_id != chat["persona_id"]:
-                raise ChatConflict(
-                    f"session {chat_id!r} belongs to persona {chat['persona_id']!r}"
-                )
+                raise ChatConflict(f"session {chat_id!r} belongs to persona {chat['persona_id']!r}")
             persona_id = chat["persona_id"]
         persona_id = persona_id or default_persona
         if await self.store.read(queries.get_persona, persona_id) is None:
@@ -109,7 +107,9 @@ class TurnRunner:
     def submit(self, request: TurnRequest) -> TurnHandle:
         """Queue a turn on its chat; it runs even if the caller goes away."""
         loop = asyncio.get_running_loop()
-        handle = TurnHandle(uuid.uuid4().hex, uuid.uuid4().hex, request.chat_id, loop.create_future())
+        handle = TurnHandle(
+            uuid.uuid4().hex, uuid.uuid4().hex, request.chat_id, loop.create_future()
+        )
         # Fire-and-forget callers (the HTML form) never read the result: mark it retrieved.
         handle.result.add_done_callback(lambda f: f.cancelled() or f.exception())
         task = loop.create_task(self._run(request, handle), name=f"turn-{handle.trace_id}")
@@ -160,7 +160,9 @@ class TurnRunner:
             except BaseException as exc:  # never leave the caller waiting
                 if not handle.result.done():
                     handle.result.set_exception(TurnFailed("internal error", handle.trace_id))
-                self._publish(handle, "error", {"error": "internal error", "trace_id": handle.trace_id})
+                self._publish(
+                    handle, "error", {"error": "internal error", "trace_id": handle.trace_id}
+                )
                 if not isinstance(exc, Exception):
                     raise
                 log.exception("turn %s crashed", handle.trace_id)
@@ -168,8 +170,15 @@ class TurnRunner:
                 handle.result.set_result(result)
                 self._publish(handle, "done", {"reply": result["reply"], "meta": result["meta"]})
 
-    def _event(self, ctx: TurnContext, type_: str, actor: str, payload: dict[str, Any],
-               parent: str | None, **extra: Any) -> NewEvent:
+    def _event(
+        self,
+        ctx: TurnContext,
+        type_: str,
+        actor: str,
+        payload: dict[str, Any],
+        parent: str | None,
+        **extra: Any,
+    ) -> NewEvent:
         return NewEvent(
             type=type_,
             stream_id=_chat_stream(ctx.request.chat_id),
@@ -182,6 +191,8 @@ class TurnRunner:
 
     async def _begin(self, request: TurnRequest, handle: TurnHandle) -> tuple[TurnContext, Event]:
         persona = await self.store.read(queries.get_persona, request.persona_id)
+        if persona is None:  # resolve() checked it; personas are never removed
+            raise PersonaNotFound(f"unknown persona_id {request.persona_id!r}")
         chat = await self.store.read(queries.get_chat, request.chat_id)
         turn_index = await self.store.read(queries.turn_count, request.chat_id)
         history = await self.store.read(
@@ -200,26 +211,38 @@ class TurnRunner:
         if chat is None:
             title = " ".join(request.message.split())[:60] or "chat"
             events.append(
-                self._event(ctx, "chat.started", "runner", {
+                self._event(
+                    ctx,
+                    "chat.started",
+                    "runner",
+                    {
+                        "chat_id": request.chat_id,
+                        "persona_id": request.persona_id,
+                        "user_id": request.user_id,
+                        "title": title,
+                    },
+                    None,
+                )
+            )
+        events.append(
+            self._event(
+                ctx,
+                "turn.started",
+                "runner",
+                {
+                    "turn_id": ctx.turn_id,
                     "chat_id": request.chat_id,
                     "persona_id": request.persona_id,
                     "user_id": request.user_id,
-                    "title": title,
-                }, None)
+                    "turn_index": turn_index,
+                    "message": request.message,
+                    "reward_signal": request.reward_signal,
+                    "gen": request.gen.model_dump(),
+                    "backend": self.backend.name,
+                    "config_hash": self.config_hash,
+                },
+                None,
             )
-        events.append(
-            self._event(ctx, "turn.started", "runner", {
-                "turn_id": ctx.turn_id,
-                "chat_id": request.chat_id,
-                "persona_id": request.persona_id,
-                "user_id": request.user_id,
-                "turn_index": turn_index,
-                "message": request.message,
-                "reward_signal": request.reward_signal,
-                "gen": request.gen.model_dump(),
-                "backend": self.backend.name,
-                "config_hash": self.config_hash,
-            }, None)
         )
         stored = await self.store.append(events)
         return ctx, stored[-1]
@@ -228,10 +251,16 @@ class TurnRunner:
         t_begin = time.perf_counter()
         ctx, started = await self._begin(request, handle)
         ctx.timing_ms["begin"] = round((time.perf_counter() - t_begin) * 1000, 3)
-        self._publish(handle, "start", {
-            "trace_id": ctx.trace_id, "session_id": request.chat_id, "turn_id": ctx.turn_id,
-            "message": request.message,
-        })
+        self._publish(
+            handle,
+            "start",
+            {
+                "trace_id": ctx.trace_id,
+                "session_id": request.chat_id,
+                "turn_id": ctx.turn_id,
+                "message": request.message,
+            },
+        )
         stage_name = "runner"
         try:
             for stage in self.stages:
@@ -239,10 +268,15 @@ class TurnRunner:
                 t0 = time.perf_counter()
                 decision = await stage.run(ctx, self.env)
                 ctx.decisions[stage.name] = decision.payload
-                events = [self._event(ctx, stage.event_type, stage.name, decision.payload,
-                                      started.event_id)]
-                events += [self._event(ctx, t, stage.name, p, started.event_id)
-                           for t, p in decision.extra_events]
+                events = [
+                    self._event(
+                        ctx, stage.event_type, stage.name, decision.payload, started.event_id
+                    )
+                ]
+                events += [
+                    self._event(ctx, t, stage.name, p, started.event_id)
+                    for t, p in decision.extra_events
+                ]
                 await self.store.append(events)
                 ctx.timing_ms[stage.name] = round((time.perf_counter() - t0) * 1000, 3)
             stage_name = self.speaker.name
@@ -260,21 +294,29 @@ class TurnRunner:
                 "completion_tokens": response.usage.completion_tokens,
             }
             meta = await self._complete(ctx, started, prompt, response)
-            return {"reply": ctx.reply, "meta": meta, "session_id": request.chat_id,
-                    "turn_id": ctx.turn_id, "trace_id": ctx.trace_id}
+            return {
+                "reply": ctx.reply,
+                "meta": meta,
+                "session_id": request.chat_id,
+                "turn_id": ctx.turn_id,
+                "trace_id": ctx.trace_id,
+            }
         except LLMError as exc:
             await self._fail(ctx, started, stage_name, f"LLM failed: {exc}")
             raise TurnFailed(f"LLM failed: {exc}", ctx.trace_id) from exc
         except asyncio.CancelledError:
-            await asyncio.shield(self._fail(ctx, started, stage_name, "cancelled: server shutting down"))
+            await asyncio.shield(
+                self._fail(ctx, started, stage_name, "cancelled: server shutting down")
+            )
             raise
         except Exception as exc:
             log.exception("stage %s failed in turn %s", stage_name, ctx.trace_id)
             await self._fail(ctx, started, stage_name, f"internal error in {stage_name}")
             raise TurnFailed(f"internal error in {stage_name}", ctx.trace_id) from exc
 
-    async def _complete(self, ctx: TurnContext, started: Event, prompt: Any, response: Any
-                        ) -> dict[str, Any]:
+    async def _complete(
+        self, ctx: TurnContext, started: Event, prompt: Any, response: Any
+    ) -> dict[str, Any]:
         """Record the reply and the post-reply work (memory, edge, telemetry) atomically."""
         t0 = time.perf_counter()
         request = ctx.request
@@ -284,46 +326,93 @@ class TurnRunner:
         writes = {"memory_id": memory["memory_id"], "edges": [edge]}
         parent = started.event_id
         reply_event = self._event(
-            ctx, "reply.completed", "speaker", self.speaker.decision(ctx, prompt, response),
-            parent, model=self.backend.model, tokens_in=response.usage.prompt_tokens,
+            ctx,
+            "reply.completed",
+            "speaker",
+            self.speaker.decision(ctx, prompt, response),
+            parent,
+            model=self.backend.model,
+            tokens_in=response.usage.prompt_tokens,
             tokens_out=response.usage.completion_tokens,
             latency_ms=round((response.total_s or 0) * 1000, 2),
         )
         post = [
             self._event(ctx, "memory.written", "memory", memory, parent),
             self._event(ctx, "edge.asserted", "memory", edge, parent),
-            self._event(ctx, "telemetry.recorded", "metacognition", {
-                "chat_id": request.chat_id, "persona_id": request.persona_id,
-                "turn_index": ctx.turn_index, "telemetry": metacog["telemetry"],
-                "dialogue_state": metacog["dialogue_state"],
-            }, parent),
+            self._event(
+                ctx,
+                "telemetry.recorded",
+                "metacognition",
+                {
+                    "chat_id": request.chat_id,
+                    "persona_id": request.persona_id,
+                    "turn_index": ctx.turn_index,
+                    "telemetry": metacog["telemetry"],
+                    "dialogue_state": metacog["dialogue_state"],
+                },
+                parent,
+            ),
         ]
         ctx.timing_ms["post"] = round((time.perf_counter() - t0) * 1000, 3)
         overhead = sum(v for k, v in ctx.timing_ms.items() if k != "speaker")
         ctx.timing_ms["overhead_total"] = round(overhead, 3)
-        meta = build_meta(ctx, config_hash=self.config_hash, backend=self.backend.name,
-                          model=self.backend.model, writes=writes)
-        done = self._event(ctx, "turn.completed", "runner", {
-            "turn_id": ctx.turn_id, "chat_id": request.chat_id, "persona_id": request.persona_id,
-            "reply": ctx.reply, "meta": meta,
-        }, parent)
+        meta = build_meta(
+            ctx,
+            config_hash=self.config_hash,
+            backend=self.backend.name,
+            model=self.backend.model,
+            writes=writes,
+        )
+        done = self._event(
+            ctx,
+            "turn.completed",
+            "runner",
+            {
+                "turn_id": ctx.turn_id,
+                "chat_id": request.chat_id,
+                "persona_id": request.persona_id,
+                "reply": ctx.reply,
+                "meta": meta,
+            },
+            parent,
+        )
         await self.store.append([reply_event, *post, done])
         return meta
 
     async def _affinity_edge(self, ctx: TurnContext) -> dict[str, Any]:
         """The persona→user relationship edge, its weight following reward_signal."""
-        src, rel, dst = f"persona:{ctx.request.persona_id}", "talks_with", f"user:{ctx.request.user_id}"
+        src, rel, dst = (
+            f"persona:{ctx.request.persona_id}",
+            "talks_with",
+            f"user:{ctx.request.user_id}",
+        )
         current = await self.store.read(queries.get_edge, src, rel, dst)
         weight = current["weight"] if current else 0.0
         weight = (1 - AFFINITY_RATE) * weight + AFFINITY_RATE * ctx.request.reward_signal
-        return {"persona_id": ctx.request.persona_id, "src": src, "rel": rel, "dst": dst,
-                "weight": round(weight, 4)}
+        return {
+            "persona_id": ctx.request.persona_id,
+            "src": src,
+            "rel": rel,
+            "dst": dst,
+            "weight": round(weight, 4),
+        }
 
     async def _fail(self, ctx: TurnContext, started: Event, stage: str, error: str) -> None:
-        await self.store.append([
-            self._event(ctx, "turn.failed", "runner", {
-                "turn_id": ctx.turn_id, "chat_id": ctx.request.chat_id,
-                "persona_id": ctx.request.persona_id, "stage": stage, "error": error,
-                "partial_reply_chars": len(ctx.reply),
-            }, started.event_id)
-        ])
+        await self.store.append(
+            [
+                self._event(
+                    ctx,
+                    "turn.failed",
+                    "runner",
+                    {
+                        "turn_id": ctx.turn_id,
+                        "chat_id": ctx.request.chat_id,
+                        "persona_id": ctx.request.persona_id,
+                        "stage": stage,
+                        "error": error,
+                        "partial_reply_chars": len(ctx.reply),
+                    },
+                    started.event_id,
+                )
+            ]
+        )

@@ -35,13 +35,17 @@ def build_prompt(ctx: TurnContext) -> list[ChatMessage]:
     gating = ctx.decisions["gating"]
     memory = {m["memory_id"]: m for m in ctx.decisions["memory"]["results"]}
     selected_history = set(gating["selected_history"])
-    system = _prompts().get_template("system.j2").render(
-        persona=ctx.persona,
-        traits=_traits(ctx.persona.get("traits", {})),
-        memories=[memory[mid]["content"] for mid in gating["selected_memories"]],
-        safety_override=perception["safety"]["override"],
-        ooc=perception["ooc"],
-        dialogue_state=ctx.decisions["metacognition"]["dialogue_state"],
+    system = (
+        _prompts()
+        .get_template("system.j2")
+        .render(
+            persona=ctx.persona,
+            traits=_traits(ctx.persona.get("traits", {})),
+            memories=[memory[mid]["content"] for mid in gating["selected_memories"]],
+            safety_override=perception["safety"]["override"],
+            ooc=perception["ooc"],
+            dialogue_state=ctx.decisions["metacognition"]["dialogue_state"],
+        )
     )
     messages = [ChatMessage(role="system", content=system.strip())]
     for h in ctx.history:

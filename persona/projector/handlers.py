@@ -24,12 +24,26 @@ def persona_created(conn: sqlite3.Connection, e: Event) -> None:
     conn.execute(
         "INSERT INTO persona (persona_id, name, description, genesis, traits, created_at,"
         " updated_at, turn_count) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-        (p["persona_id"], p["name"], p["description"], p["genesis"], _json(p["traits"]),
-         e.chat_time, e.chat_time),
+        (
+            p["persona_id"],
+            p["name"],
+            p["description"],
+            p["genesis"],
+            _json(p["traits"]),
+            e.chat_time,
+            e.chat_time,
+        ),
     )
     _insert_memory(
-        conn, f"core:{p['persona_id']}", p["persona_id"], "core", p["genesis"], 1.0, None,
-        e.trace_id, e.chat_time or e.wall_time,
+        conn,
+        f"core:{p['persona_id']}",
+        p["persona_id"],
+        "core",
+        p["genesis"],
+        1.0,
+        None,
+        e.trace_id,
+        e.chat_time or e.wall_time,
     )
 
 
@@ -50,9 +64,7 @@ def turn_started(conn: sqlite3.Connection, e: Event) -> None:
         (p["turn_id"], p["chat_id"], e.trace_id, p["turn_index"], p["message"], e.chat_time),
     )
     _insert_message(conn, p["chat_id"], p["turn_id"], "user", p["message"], e.chat_time)
-    conn.execute(
-        "UPDATE chats SET updated_at = ? WHERE chat_id = ?", (e.chat_time, p["chat_id"])
-    )
+    conn.execute("UPDATE chats SET updated_at = ? WHERE chat_id = ?", (e.chat_time, p["chat_id"]))
 
 
 def reply_completed(conn: sqlite3.Connection, e: Event) -> None:
@@ -88,8 +100,15 @@ def turn_failed(conn: sqlite3.Connection, e: Event) -> None:
 def memory_written(conn: sqlite3.Connection, e: Event) -> None:
     p = e.payload
     _insert_memory(
-        conn, p["memory_id"], p["persona_id"], p["kind"], p["content"], p["importance"],
-        p.get("chat_id"), e.trace_id, e.chat_time or e.wall_time,
+        conn,
+        p["memory_id"],
+        p["persona_id"],
+        p["kind"],
+        p["content"],
+        p["importance"],
+        p.get("chat_id"),
+        e.trace_id,
+        e.chat_time or e.wall_time,
     )
 
 
@@ -101,8 +120,16 @@ def edge_asserted(conn: sqlite3.Connection, e: Event) -> None:
         " updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)"
         " ON CONFLICT (edge_id) DO UPDATE SET weight = excluded.weight,"
         " evidence = edge.evidence + 1, updated_at = excluded.updated_at",
-        (edge_id, p["persona_id"], p["src"], p["rel"], p["dst"], p["weight"], e.chat_time,
-         e.chat_time),
+        (
+            edge_id,
+            p["persona_id"],
+            p["src"],
+            p["rel"],
+            p["dst"],
+            p["weight"],
+            e.chat_time,
+            e.chat_time,
+        ),
     )
 
 
@@ -112,8 +139,19 @@ def telemetry_recorded(conn: sqlite3.Connection, e: Event) -> None:
     conn.execute(
         "INSERT INTO telemetry (trace_id, chat_id, persona_id, turn_index, c, n, m, s, r,"
         " dialogue_state, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (e.trace_id, p["chat_id"], p["persona_id"], p["turn_index"], t["C"], t["N"], t["M"],
-         t["S"], t["R"], p["dialogue_state"], e.chat_time),
+        (
+            e.trace_id,
+            p["chat_id"],
+            p["persona_id"],
+            p["turn_index"],
+            t["C"],
+            t["N"],
+            t["M"],
+            t["S"],
+            t["R"],
+            p["dialogue_state"],
+            e.chat_time,
+        ),
     )
 
 
@@ -122,8 +160,16 @@ def classifier_failed(conn: sqlite3.Connection, e: Event) -> None:
     conn.execute(
         "INSERT INTO classifier_failures (event_id, trace_id, stage, schema_name, model,"
         " error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (e.event_id, e.trace_id, p["stage"], p["schema_name"], p.get("model"), p["error"],
-         p["attempts"], e.chat_time),
+        (
+            e.event_id,
+            e.trace_id,
+            p["stage"],
+            p["schema_name"],
+            p.get("model"),
+            p["error"],
+            p["attempts"],
+            e.chat_time,
+        ),
     )
 
 

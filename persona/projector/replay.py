@@ -81,9 +81,9 @@ def combined(digests: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
 
 
-def verify(db_path: Path, scratch_path: Path, progress: Progress | None = None) -> tuple[
-    dict[str, str], dict[str, str]
-]:
+def verify(
+    db_path: Path, scratch_path: Path, progress: Progress | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
     """Replay the live log into a scratch DB; return (live digests, replayed digests)."""
     live = connect(db_path)
     try:

@@ -23,9 +23,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def run_in_transaction(
-    conn: sqlite3.Connection, fn: Callable[..., T], *args: Any
-) -> T:
+def run_in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
     """Run `fn(conn, *args)` inside BEGIN IMMEDIATE; commit on success, roll back on error."""
     conn.execute("BEGIN IMMEDIATE")
     try:

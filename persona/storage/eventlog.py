@@ -163,7 +163,10 @@ def insert_events(
 
 
 def _upcast(
-    event_type: str, version: int, payload: dict[str, Any], upcasters: Mapping[tuple[str, int], Upcaster]
+    event_type: str,
+    version: int,
+    payload: dict[str, Any],
+    upcasters: Mapping[tuple[str, int], Upcaster],
 ) -> tuple[int, dict[str, Any]]:
     while (event_type, version) in upcasters:
         payload = upcasters[(event_type, version)](payload)
@@ -206,7 +209,8 @@ def read_events(
     upcasters: Mapping[tuple[str, int], Upcaster] = UPCASTERS,
 ) -> Iterator[Event]:
     """Iterate events in global order, optionally filtered by trace or stream."""
-    where, params = ["seq > ?"], [after_seq]
+    where: list[str] = ["seq > ?"]
+    params: list[Any] = [after_seq]
     if trace_id is not None:
         where.append("trace_id = ?")
         params.append(trace_id)

@@ -13,7 +13,9 @@ def _dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
 
 def get_persona(conn: sqlite3.Connection, persona_id: str) -> dict[str, Any] | None:
     """One persona row, traits decoded."""
-    row = _dict(conn.execute("SELECT * FROM persona WHERE persona_id = ?", (persona_id,)).fetchone())
+    row = _dict(
+        conn.execute("SELECT * FROM persona WHERE persona_id = ?", (persona_id,)).fetchone()
+    )
     if row is not None:
         row["traits"] = json.loads(row["traits"])
     return row
@@ -54,7 +56,9 @@ def chat_messages(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]
 
 def turn_count(conn: sqlite3.Connection, chat_id: str) -> int:
     """How many turns a chat has had (completed, failed or running)."""
-    return int(conn.execute("SELECT COUNT(*) FROM turns WHERE chat_id = ?", (chat_id,)).fetchone()[0])
+    return int(
+        conn.execute("SELECT COUNT(*) FROM turns WHERE chat_id = ?", (chat_id,)).fetchone()[0]
+    )
 
 
 def recent_history(conn: sqlite3.Connection, chat_id: str, turns: int) -> list[dict[str, Any]]:
@@ -141,7 +145,9 @@ def count_memories(conn: sqlite3.Connection, persona_id: str | None = None) -> i
     if persona_id is None:
         return int(conn.execute("SELECT COUNT(*) FROM memory").fetchone()[0])
     return int(
-        conn.execute("SELECT COUNT(*) FROM memory WHERE persona_id = ?", (persona_id,)).fetchone()[0]
+        conn.execute("SELECT COUNT(*) FROM memory WHERE persona_id = ?", (persona_id,)).fetchone()[
+            0
+        ]
     )
 
 

@@ -46,9 +46,7 @@ async def chat(body: ChatRequest, engine: EngineDep) -> Any:
         # shield: a client that goes away must not cancel the turn itself.
         result = await asyncio.shield(handle.result)
     except TurnFailed as exc:
-        return JSONResponse(
-            status_code=502, content={"error": str(exc), "trace_id": exc.trace_id}
-        )
+        return JSONResponse(status_code=502, content={"error": str(exc), "trace_id": exc.trace_id})
     return {k: result[k] for k in ("reply", "meta", "session_id", "turn_id")}
 
 
@@ -86,9 +84,13 @@ async def session_history(session_id: SessionId, engine: EngineDep) -> Any:
 
 
 @router.get("/persona/traces/{trace_id}", responses={404: {"model": ErrorBody}})
-async def trace(trace_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], engine: EngineDep) -> Any:
+async def trace(
+    trace_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], engine: EngineDep
+) -> Any:
     """Every event of one turn, in order."""
-    events = await engine.store.read(lambda c: [e.public() for e in read_events(c, trace_id=trace_id)])
+    events = await engine.store.read(
+        lambda c: [e.public() for e in read_events(c, trace_id=trace_id)]
+    )
     if not events:
         return JSONResponse(status_code=404, content={"error": f"unknown trace {trace_id!r}"})
     return {"trace_id": trace_id, "events": events}

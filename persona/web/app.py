@@ -39,8 +39,11 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 400 and "parsing the body" in message:
         message = "request body could not be decoded (invalid JSON or UTF-8)"
-    return JSONResponse(status_code=exc.status_code, content={"error": message},
-                        headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": message},
+        headers=getattr(exc, "headers", None),
+    )
 
 
 def _not_found(request: Request, exc: Exception) -> JSONResponse:
