@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from openai import AsyncOpenAI, OpenAI
+from openai import APIStatusError, AsyncOpenAI, OpenAI
 
 from persona.config import Settings
 from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
 from persona.llm.tokenize import ENCODING, tiktoken_counter
 
 # Servers echo keys back masked ("sk-abc***wxyz"); even a fragment should not reach logs.
-_KEYLIKE = re.compile(r"\b(?:sk|key|api[_-]?key)[-_][\w*.\-]+", re.IGNORECASE)
+_KEYLIKE = re.compile(r"\bsk-[\w*.\-]+")
 _NO_KEY = "not-needed"  # the SDK insists on a key; local servers ignore it
 
 
@@ -23,10 +23,9 @@ class OpenAIBackend(Backend):
 
     name: ClassVar[str] = "openai"
     supports_structured: ClassVar[bool] = True
-    # response_format json_object is what most OpenAI-compatible servers accept
-    # (llama-cpp-python's server rejects type json_schema); instructor adds the schema to
-    # the prompt in this mode.
-    structured_mode: ClassVar[str] = "json"
+    # Standard json_schema response_format (OpenAI, vLLM, Ollama, LM Studio, llama-server);
+    # servers that reject it get llama-cpp-python's json_object + schema instead.
+    structured_mode: ClassVar[str] = "json_schema"
 
     def __init__(self, settings: Settings):
         self.model = settings.narrative_model
@@ -41,6 +40,7 @@ class OpenAIBackend(Backend):
         self._where = _host_of(settings.llm_base_url)
         self._client = AsyncOpenAI(**self._client_args)
         self._sync_client: OpenAI | None = None
+        self._schema_in_json_object = False  # learnt from the server's first refusal
         self._count = tiktoken_counter()
 
     def _error(self, exc: Exception) -> LLMError:
@@ -103,15 +103,26 @@ class OpenAIBackend(Backend):
 
     def structured_create(self) -> Callable[..., Any]:
         """Return a sync `chat.completions.create` (instructor runs it in a thread)."""
+        from persona.llm.structured import schema_as_json_object
+
         if self._sync_client is None:
             self._sync_client = OpenAI(**self._client_args)
         sync_create = self._sync_client.chat.completions.create
 
         def create(**kwargs: Any) -> Any:
+            fallback = schema_as_json_object(kwargs.get("response_format"))
+            if fallback and self._schema_in_json_object:
+                kwargs["response_format"] = fallback
             try:
                 return sync_create(**kwargs)
+            except APIStatusError as exc:
+                refused = fallback and "response_format" in str(exc) and exc.status_code != 401
+                if not refused or self._schema_in_json_object:
+                    raise self._error(exc) from None
             except Exception as exc:
                 raise self._error(exc) from None
+            self._schema_in_json_object = True
+            return create(**kwargs)
 
         return create
 

