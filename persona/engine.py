@@ -43,6 +43,10 @@ class Engine:
         recovered = await self.runner.recover()
         if recovered:
             log.warning("marked %d interrupted turn(s) as failed", recovered)
+        try:
+            await self.backend.warm()
+        except Exception as exc:  # a broken model must not stop the server: turns report it
+            log.error("could not warm the %s backend: %s", self.backend.name, exc)
 
     async def stop(self) -> None:
         """Let in-flight turns finish, then close the backend and the DB."""

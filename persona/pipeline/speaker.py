@@ -29,29 +29,44 @@ def _traits(traits: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.1f}" for name, value in sorted(traits.items()))
 
 
-def build_prompt(ctx: TurnContext) -> list[ChatMessage]:
-    """The messages the model sees: system (persona, memories, state), history, message."""
+def build_prompt(ctx: TurnContext, late_context: bool = True) -> list[ChatMessage]:
+    """The messages the model sees: identity, selected history, turn context, message.
+
+    The identity comes first and never changes, and history only grows, so llama.cpp
+    reuses its cached prefix; what changes every turn (memories, safety, state) goes in
+    a system note just before the message. With `late_context` off (servers whose chat
+    template allows one leading system message only) the note joins the first one.
+    """
     perception = ctx.decisions["perception"]
     gating = ctx.decisions["gating"]
     memory = {m["memory_id"]: m for m in ctx.decisions["memory"]["results"]}
     selected_history = set(gating["selected_history"])
-    system = (
+    identity = (
         _prompts()
         .get_template("system.j2")
+        .render(persona=ctx.persona, traits=_traits(ctx.persona.get("traits", {})))
+        .strip()
+    )
+    note = (
+        _prompts()
+        .get_template("turn_context.j2")
         .render(
-            persona=ctx.persona,
-            traits=_traits(ctx.persona.get("traits", {})),
             memories=[memory[mid]["content"] for mid in gating["selected_memories"]],
             safety_override=perception["safety"]["override"],
             ooc=perception["ooc"],
             dialogue_state=ctx.decisions["metacognition"]["dialogue_state"],
         )
+        .strip()
     )
-    messages = [ChatMessage(role="system", content=system.strip())]
+    if not late_context:
+        identity = f"{identity}\n\n{note}"
+    messages = [ChatMessage(role="system", content=identity)]
     for h in ctx.history:
         if h["turn_id"] in selected_history:
             messages.append(ChatMessage(role="user", content=h["user_message"]))
             messages.append(ChatMessage(role="assistant", content=h["reply"]))
+    if late_context:
+        messages.append(ChatMessage(role="system", content=note))
     messages.append(ChatMessage(role="user", content=ctx.request.message))
     return messages
 
@@ -64,7 +79,7 @@ class SpeakerStage:
 
     def start(self, ctx: TurnContext, env: StageEnv) -> tuple[list[ChatMessage], LLMResponse]:
         """Build the prompt and start generating."""
-        prompt = build_prompt(ctx)
+        prompt = build_prompt(ctx, env.backend.late_system_ok)
         return prompt, env.backend.stream(prompt, ctx.request.gen)
 
     @staticmethod
