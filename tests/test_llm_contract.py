@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from helpers import skip_without_local_model
 from pydantic import ValidationError
 
 from persona.config import Settings
 from persona.llm import make_backend
-from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError
+from persona.llm.base import Backend, ChatMessage, GenOptions
 from persona.llm.registry import BACKENDS
 from persona.llm.scripted import ScriptedBackend
 
@@ -26,13 +27,9 @@ BACKEND_NAMES = [
 
 
 def _local_backend() -> Backend:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    from persona.llm.local import LocalBackend, find_gguf
+    skip_without_local_model()
+    from persona.llm.local import LocalBackend
 
-    try:
-        find_gguf()
-    except LLMError as exc:
-        pytest.skip(str(exc))
     return LocalBackend(Settings.model_validate({"llm_provider": "local"}))
 
 

@@ -16,6 +16,7 @@ from typing import Literal, cast
 
 import pytest
 import pytest_asyncio
+from helpers import skip_without_local_model
 from pydantic import BaseModel
 
 from persona.config import Settings
@@ -36,11 +37,7 @@ async def _until_workers_stop(limit_s: float) -> float:
 
 
 def _skip_without_model() -> None:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    try:
-        find_gguf()
-    except LLMError as exc:
-        pytest.skip(str(exc))
+    skip_without_local_model()
 
 
 @pytest_asyncio.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -242,7 +242,17 @@ def importance(text: str, intent: dict[str, float], risk: float) -> float:
 class IntentJudgement(BaseModel):
     """The classifier model's reading of a message (every field has a default)."""
 
-    primary_intent: str = Field(default="smalltalk")
+    # A Literal, not str: the JSON-schema grammar then only admits the eight labels.
+    primary_intent: Literal[
+        "smalltalk",
+        "meta_conversation",
+        "emotional_support",
+        "task_oriented",
+        "factual_query",
+        "creative_roleplay",
+        "self_disclosure",
+        "safety_risk",
+    ] = "smalltalk"
     confidence: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -313,10 +323,9 @@ class PerceptionStage:
             }
             return intent, info, failure
         label = result.value.primary_intent
-        if label in intent:
-            # Blend: the classifier moves `confidence/2` of the mass onto its label.
-            w = result.value.confidence / 2
-            intent = {
-                k: round((1 - w) * v + (w if k == label else 0.0), 4) for k, v in intent.items()
-            }
+        # Blend: the classifier moves `confidence/2` of the mass onto its label.
+        w = result.value.confidence / 2
+        intent = {
+            k: round((1 - w) * v + (w if k == label else 0.0), 4) for k, v in intent.items()
+        }
         return intent, info, None
