@@ -12,7 +12,6 @@ from helpers import LiveServer, wait_until
 from persona.llm.scripted import ScriptedBackend
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path("/tmp/persona_chat.png")
 WAIT_MS = 15_000
 CHROMIUM_ARGS = [
     "--headless",
@@ -85,7 +84,7 @@ class Tab:
 
 
 def test_two_tabs_follow_every_turn_live(
-    browser: Any, live_server: LiveServer, backend: ScriptedBackend
+    browser: Any, live_server: LiveServer, backend: ScriptedBackend, tmp_path: Path
 ) -> None:
     backend.delay_s = 0.03
     first_reply = "Hello there!\nI like <em>old maps</em> & quiet mornings."
@@ -130,7 +129,7 @@ def test_two_tabs_follow_every_turn_live(
         expect(one.page.locator("[data-testid=dialogue-state]")).not_to_have_text("opening")
         expect(one.page.locator("#form-error")).to_be_empty()
 
-        one.page.screenshot(path=str(SCREENSHOT), full_page=False)
+        one.page.screenshot(path=str(tmp_path / "persona_chat.png"), full_page=False)
         assert errors == []
     finally:
         context.close()
