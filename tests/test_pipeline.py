@@ -264,12 +264,3 @@ async def test_strict_servers_get_one_leading_system_message(engine, backend, mo
     prompt = backend.calls[-1]
     assert [m.role for m in prompt] == ["system", "user"]
     assert "crisis line" in prompt[0].content and "Mira" in prompt[0].content
-
-
-def test_classifier_labels_are_exactly_the_intents():
-    from typing import get_args
-
-    from persona.pipeline.perception import INTENTS, IntentJudgement
-
-    labels = get_args(IntentJudgement.model_fields["primary_intent"].annotation)
-    assert labels == INTENTS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -18,7 +18,7 @@ from persona.llm.base import ChatMessage
 from persona.pipeline.context import Decision, StageEnv, TurnContext
 from persona.pipeline.text import words
 
-INTENTS: tuple[str, ...] = (
+Intent = Literal[
     "smalltalk",
     "meta_conversation",
     "emotional_support",
@@ -27,7 +27,8 @@ INTENTS: tuple[str, ...] = (
     "creative_roleplay",
     "self_disclosure",
     "safety_risk",
-)
+]
+INTENTS: tuple[str, ...] = get_args(Intent)
 
 # Cue phrases per intent with their weight; a phrase matches on word boundaries.
 CUES: dict[str, dict[str, float]] = {
@@ -243,16 +244,7 @@ class IntentJudgement(BaseModel):
     """The classifier model's reading of a message (every field has a default)."""
 
     # A Literal, not str: the JSON-schema grammar then only admits the eight labels.
-    primary_intent: Literal[
-        "smalltalk",
-        "meta_conversation",
-        "emotional_support",
-        "task_oriented",
-        "factual_query",
-        "creative_roleplay",
-        "self_disclosure",
-        "safety_risk",
-    ] = "smalltalk"
+    primary_intent: Intent = "smalltalk"
     confidence: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -325,7 +317,5 @@ class PerceptionStage:
         label = result.value.primary_intent
         # Blend: the classifier moves `confidence/2` of the mass onto its label.
         w = result.value.confidence / 2
-        intent = {
-            k: round((1 - w) * v + (w if k == label else 0.0), 4) for k, v in intent.items()
-        }
+        intent = {k: round((1 - w) * v + (w if k == label else 0.0), 4) for k, v in intent.items()}
         return intent, info, None
