@@ -19,7 +19,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
-    print(f"Persona OS on http://{host}:{port}  (backend: {settings.llm_provider})", flush=True)
+    print(f"Persona OS on http://{host}:{port}  (backend: {settings.llm.provider})", flush=True)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level)
     return 0
 
@@ -78,7 +78,10 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective configuration (secrets masked) and its hash."""
-    print(json.dumps({**settings.masked(), "config_hash": settings.config_hash()}, indent=2))
+    from persona.pipeline.prompts import PromptSet
+
+    hashed = {**settings.masked(), "config_hash": settings.config_hash(PromptSet.load().sources)}
+    print(json.dumps(hashed, indent=2))
     return 0
 
 

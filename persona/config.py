@@ -1,14 +1,23 @@
-"""Settings: defaults, then `data/config.toml`, then `PERSONA_*` environment variables."""
+"""Settings: defaults, then `data/config.toml`, then `PERSONA_*` environment variables.
+
+Each pipeline stage reads its own section (`settings.memory.top_k`). Sections are set in
+the TOML file as tables (`[memory]`) and in the environment with a double underscore
+(`PERSONA_MEMORY__TOP_K=3`). The flat names from before the sections (`memory_top_k`,
+`PERSONA_LLM_PROVIDER`, `OPENAI_API_KEY`) still work; a nested name wins over a flat one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,50 +28,187 @@ from pydantic_settings import (
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "data" / "config.toml"
+ENV_PREFIX = "PERSONA_"
+
+# Flat names from before the sections, as TOML keys or after ENV_PREFIX, and where each
+# lives now. The one table both the environment and the TOML file are read through.
+LEGACY_NAMES: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "llm_provider": ("llm", "provider"),
+        "llm_base_url": ("llm", "base_url"),
+        "llm_api_key": ("llm", "api_key"),
+        "narrative_model": ("llm", "narrative_model"),
+        "classifier_model": ("llm", "classifier_model"),
+        "llm_timeout_s": ("llm", "timeout_s"),
+        "local_n_ctx": ("llm", "local_n_ctx"),
+        "local_n_threads": ("llm", "local_n_threads"),
+        "temperature": ("generation", "temperature"),
+        "max_tokens": ("generation", "max_tokens"),
+        "perception_use_classifier": ("perception", "use_classifier"),
+        "classifier_timeout_s": ("perception", "classifier_timeout_s"),
+        "classifier_retries": ("perception", "classifier_retries"),
+        "safety_override_threshold": ("perception", "safety_override_threshold"),
+        "memory_top_k": ("memory", "top_k"),
+        "memory_recency_half_life_h": ("memory", "recency_half_life_h"),
+        "memory_weight_lexical": ("memory", "weight_lexical"),
+        "memory_weight_recency": ("memory", "weight_recency"),
+        "memory_weight_importance": ("memory", "weight_importance"),
+        "context_tokens": ("gating", "context_tokens"),
+        "history_turns": ("gating", "history_turns"),
+    }
+)
 
 # Settings that say where things run, not how the persona behaves: left out of config_hash.
-_NOT_BEHAVIOUR = {"db_path", "host", "port", "llm_api_key", "config_file", "data_dir"}
+_NOT_BEHAVIOUR: dict[str, Any] = {
+    "data_dir": True,
+    "db_path": True,
+    "host": True,
+    "port": True,
+    "llm": {"api_key": True},
+}
+
+_SECTION = ConfigDict(extra="forbid", frozen=True)
+
+
+class LLMSettings(BaseModel):
+    """Which backend generates text, and how it is reached."""
+
+    model_config = _SECTION
+
+    provider: Literal["local", "openai", "scripted"] = "local"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    narrative_model: str = "SmolLM2-135M-Instruct"
+    classifier_model: str = "SmolLM2-135M-Instruct"
+    timeout_s: float = Field(default=120.0, gt=0)
+    local_n_ctx: int = Field(default=2048, ge=256)
+    local_n_threads: int | None = None
+
+
+class GenerationSettings(BaseModel):
+    """Sampling defaults of the speaker's reply (a request may override them)."""
+
+    model_config = _SECTION
+
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=200, ge=1, le=4096)
+
+
+class PerceptionSettings(BaseModel):
+    """How the user's message is read: intent, risk, the optional classifier call."""
+
+    model_config = _SECTION
+
+    use_classifier: bool = False
+    classifier_timeout_s: float = Field(default=20.0, gt=0)
+    classifier_retries: int = Field(default=1, ge=0, le=5)
+    safety_override_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+
+
+class MemorySettings(BaseModel):
+    """Memory retrieval: score = lexical*BM25 + recency + importance, best top_k kept."""
+
+    model_config = _SECTION
+
+    top_k: int = Field(default=6, ge=0)
+    recency_half_life_h: float = Field(default=72.0, gt=0)
+    weight_lexical: float = 0.6
+    weight_recency: float = 0.25
+    weight_importance: float = 0.15
+    fts_candidates: int = Field(default=50, ge=1)
+    recent_candidates: int = Field(default=20, ge=0)
+
+
+class GatingSettings(BaseModel):
+    """What fits into the prompt: the token budget and how it is shared."""
+
+    model_config = _SECTION
+
+    context_tokens: int = Field(default=2048, ge=256)
+    history_turns: int = Field(default=12, ge=0)
+    template_reserve: int = Field(default=64, ge=0)
+    # Priority bonus for memories the previous turn's workspace held.
+    carry_bonus: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class MetacognitionSettings(BaseModel):
+    """The turn's self-assessment signals."""
+
+    model_config = _SECTION
+
+    reward_ema: float = Field(default=0.3, gt=0.0, le=1.0)
+    novelty_window: int = Field(default=20, ge=1)
+
+
+class RelationshipSettings(BaseModel):
+    """The persona-user relationship."""
+
+    model_config = _SECTION
+
+    # How fast the affinity follows the reward signal.
+    affinity_rate: float = Field(default=0.2, gt=0.0, le=1.0)
 
 
 def _config_file() -> Path:
     return Path(os.environ.get("PERSONA_CONFIG_FILE", str(DEFAULT_CONFIG_FILE)))
 
 
+def nest_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Move legacy flat keys into their sections; a value already in the section wins."""
+    out = {key: value for key, value in data.items() if key not in LEGACY_NAMES}
+    for name, (section, field) in LEGACY_NAMES.items():
+        if name not in data:
+            continue
+        nested = out.get(section, {})
+        if not isinstance(nested, Mapping):
+            out[name] = data[name]  # `llm = 3`: left for validation to refuse
+            continue
+        out[section] = {field: data[name], **nested}
+    return out
+
+
+class LegacyEnvSource(PydanticBaseSettingsSource):
+    """`PERSONA_<legacy flat name>` and `OPENAI_API_KEY`, moved into their sections."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every name at once
+
+    def __call__(self) -> dict[str, Any]:
+        env = {key.lower(): value for key, value in os.environ.items()}
+        prefix = ENV_PREFIX.lower()
+        flat = {name: env[prefix + name] for name in LEGACY_NAMES if prefix + name in env}
+        if "openai_api_key" in env:
+            flat.setdefault("llm_api_key", env["openai_api_key"])
+        return nest_legacy(flat)
+
+
+class SectionedTomlSource(TomlConfigSettingsSource):
+    """The TOML file, with legacy flat top-level keys moved into their sections."""
+
+    def __call__(self) -> dict[str, Any]:
+        return nest_legacy(super().__call__())
+
+
 class Settings(BaseSettings):
     """Every setting of the process; behaviour-changing ones feed `config_hash`."""
 
-    model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
 
     data_dir: Path = PROJECT_ROOT / "data"
     db_path: Path = PROJECT_ROOT / "data" / "persona.db"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-
-    llm_provider: Literal["local", "openai", "scripted"] = "local"
-    llm_base_url: str | None = None
-    llm_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("PERSONA_LLM_API_KEY", "OPENAI_API_KEY")
-    )
-    narrative_model: str = "SmolLM2-135M-Instruct"
-    classifier_model: str = "SmolLM2-135M-Instruct"
-    llm_timeout_s: float = Field(default=120.0, gt=0)
-    local_n_ctx: int = Field(default=2048, ge=256)
-    local_n_threads: int | None = None
-
     default_persona_file: str = "personas/default.toml"
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=200, ge=1, le=4096)
-    context_tokens: int = Field(default=2048, ge=256)
-    history_turns: int = Field(default=12, ge=0)
-    memory_top_k: int = Field(default=6, ge=0)
-    memory_recency_half_life_h: float = Field(default=72.0, gt=0)
-    memory_weight_lexical: float = 0.6
-    memory_weight_recency: float = 0.25
-    memory_weight_importance: float = 0.15
-    safety_override_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
-    perception_use_classifier: bool = False
-    classifier_timeout_s: float = Field(default=20.0, gt=0)
-    classifier_retries: int = Field(default=1, ge=0, le=5)
+
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    perception: PerceptionSettings = Field(default_factory=PerceptionSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    gating: GatingSettings = Field(default_factory=GatingSettings)
+    metacognition: MetacognitionSettings = Field(default_factory=MetacognitionSettings)
+    relationship: RelationshipSettings = Field(default_factory=RelationshipSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -73,23 +219,23 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest priority first: explicit kwargs, env vars, then the TOML file.
+        # Highest priority first: explicit kwargs, env vars (nested, then legacy flat
+        # names), then the TOML file. Sources are deep-merged section by section.
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+            LegacyEnvSource(settings_cls),
+            SectionedTomlSource(settings_cls, toml_file=_config_file()),
         )
 
     def behaviour(self) -> dict[str, Any]:
         """The settings that change what the persona does, as plain JSON values."""
-        data = self.model_dump(mode="json")
-        return {k: v for k, v in sorted(data.items()) if k not in _NOT_BEHAVIOUR}
+        return self.model_dump(mode="json", exclude=_NOT_BEHAVIOUR)
 
-    def config_hash(self) -> str:
-        """sha256 of the canonical JSON of behaviour settings plus every prompt template."""
-        prompts = {p.name: p.read_text(encoding="utf-8") for p in sorted(PROMPTS_DIR.glob("*.j2"))}
+    def config_hash(self, prompts: Mapping[str, str]) -> str:
+        """sha256 of the canonical JSON of behaviour settings plus the prompt templates."""
         canonical = json.dumps(
-            {"settings": self.behaviour(), "prompts": prompts},
+            {"settings": self.behaviour(), "prompts": dict(prompts)},
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -99,7 +245,7 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """Every setting for display, with secrets masked."""
         data = self.model_dump(mode="json")
-        data["llm_api_key"] = "****" if self.llm_api_key else None
+        data["llm"]["api_key"] = "****" if self.llm.api_key else None
         return data
 
 

@@ -10,6 +10,7 @@ from persona.llm.base import Backend
 from persona.personas import ensure_persona
 from persona.pipeline.broadcast import Broadcaster
 from persona.pipeline.runner import TurnRunner
+from persona.projector import Projector
 from persona.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class Engine:
         self, settings: Settings, backend: Backend | None = None, clock: Clock | None = None
     ):
         self.settings = settings
-        self.store = Store(settings.db_path, clock)
+        self.store = Store(settings.db_path, Projector(), clock)
         if backend is None:
             from persona.llm.registry import make_backend
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from persona.events import PersonaCreated
 from persona.storage import queries
 from persona.storage.eventlog import NewEvent
 from persona.storage.store import Store
@@ -37,10 +38,9 @@ def load_spec(path: Path) -> PersonaSpec:
 def created_event(spec: PersonaSpec) -> NewEvent:
     """The event that brings a persona into existence."""
     return NewEvent(
-        type="persona.created",
+        payload=PersonaCreated(**spec.model_dump()),
         stream_id=f"persona:{spec.persona_id}",
         actor="system",
-        payload=spec.model_dump(),
     )
 
 
@@ -48,5 +48,6 @@ def ensure_persona(store: Store, path: Path) -> str:
     """Create the persona from `path` unless it already exists; return its id."""
     spec = load_spec(path)
     if store.sync_read(queries.get_persona, spec.persona_id) is None:
-        store.sync_append([created_event(spec)])
+        # A new persona's stream must be empty: expected version 0.
+        store.sync_append([created_event(spec)], {f"persona:{spec.persona_id}": 0})
     return spec.persona_id

@@ -9,7 +9,6 @@ from functools import lru_cache
 from persona.config import PROJECT_ROOT
 
 ENGINE_VERSION = "0.1.0"
-META_VERSION = 1
 
 
 @lru_cache(maxsize=1)

@@ -29,7 +29,7 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(db_path=tmp_path / "persona.db", llm_provider="scripted")
+    return Settings(db_path=tmp_path / "persona.db", llm={"provider": "scripted"})
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 from helpers import read_sse, wait_until
 
 from persona.llm.scripted import FailAfter
-from persona.meta import META_V1_KEYS
+from persona.pipeline.meta import MetaV1
+from persona.pipeline.prompts import PromptSet
 from persona.storage.db import connect
 from persona.storage.eventlog import count_events, read_events
 
@@ -45,14 +46,15 @@ def test_chat_contract(client, settings):
     assert body["reply"] == "(scripted reply) You said: hello"
     meta = body["meta"]
     assert set(meta) >= META_KEYS
-    assert set(meta["meta_v1"]) == set(META_V1_KEYS)
+    assert set(meta["meta_v1"]) == set(tuple(MetaV1.model_fields))
     assert meta["meta_v1"]["trace_id"] == meta["trace_id"]
     assert len(meta["intent"]) == 8 and all(0 <= v <= 1 for v in meta["intent"].values())
     assert set(meta["telemetry"]) == {"C", "N", "M", "S", "R"}
     assert set(meta["safety"]) == {"total_risk", "override"}
     assert isinstance(meta["decision_candidates"], list)
     assert {"perception", "memory", "gating", "metacognition", "speaker"} <= set(meta["timing_ms"])
-    assert meta["config_hash"] == settings.config_hash() and len(meta["config_hash"]) == 64
+    config_hash = settings.config_hash(PromptSet.load().sources)
+    assert meta["config_hash"] == config_hash and len(config_hash) == 64
     assert meta["session_id"] == body["session_id"] and meta["turn_id"] == body["turn_id"]
 
     again = client.post(

@@ -10,6 +10,8 @@ from types import ModuleType
 
 import pytest
 
+from persona.pipeline.runner import DEFAULT_STAGES
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "turn_overhead.py"
 
 
@@ -37,9 +39,12 @@ def test_tiny_run_reports_every_stage_and_throughput(
         assert result["turns"] == 3
         assert result["append"]["events"] == result["memories"]
         assert result["append"]["events_per_s"] > 0
-        for stage in (*bench.STAGES, "turn_wall"):
-            stat = result["stages_ms"][stage]
-            assert 0 < stat["p50"] <= stat["p95"], stage
+        stages = result["stages_ms"]
+        assert set(stages) == set(bench.COLUMNS)
+        for stage in (*bench.STAGES, "turn_wall", "outside_llm"):
+            assert 0 < stages[stage]["p50"] <= stages[stage]["p95"], stage
+        # outside_llm is the wall time less the speaker's, turn by turn.
+        assert stages["outside_llm"]["p50"] < stages["turn_wall"]["p50"]
     # Retrieval had seeded text to match, not just the recency fallback.
     assert report["results"][0]["mean_lexical_hits"] > 0
 
@@ -53,10 +58,16 @@ def test_tiny_run_reports_every_stage_and_throughput(
     header = next(line for line in printed.splitlines() if line.startswith("| memories |"))
     for stage in bench.STAGES:
         assert f" {stage} |" in header
+    assert header.endswith("| speaker | turn (wall) | outside_llm (wall) |")
     assert any(line.startswith("| 20 | ") for line in printed.splitlines())
     assert any(line.startswith("| 5 | ") for line in printed.splitlines())
     assert "| rebuild (full replay) | 20 |" in printed
     assert "SQLite" in printed and "CPUs" in printed
+
+
+def test_every_pipeline_stage_has_a_column(bench: ModuleType) -> None:
+    expected = [stage.name for stage in DEFAULT_STAGES] + ["post", "overhead_total"]
+    assert list(bench.STAGES) == expected
 
 
 def test_percentile_interpolates_between_ranks(bench: ModuleType) -> None:

@@ -6,16 +6,19 @@ import sqlite3
 
 import pytest
 
-from persona.projector import UnknownEventType, append_and_project
+from persona.events import ChatStarted, PersonaCreated, UnknownEventType
+from persona.projector import Projector
 from persona.storage.db import connect, run_in_transaction
 from persona.storage.eventlog import (
     ConcurrencyError,
     NewEvent,
     count_events,
-    insert_events,
     read_events,
 )
 from persona.storage.migrations import migrate
+from persona.storage.store import WriteTx
+
+AT = "2026-01-01T00:00:00.000000Z"
 
 
 @pytest.fixture
@@ -28,17 +31,22 @@ def conn(tmp_path):
 
 def _persona_event(pid: str = "p1") -> NewEvent:
     return NewEvent(
-        type="persona.created",
+        payload=PersonaCreated(persona_id=pid, name="P", description="d", genesis="g"),
         stream_id=f"persona:{pid}",
         actor="system",
-        payload={"persona_id": pid, "name": "P", "description": "d", "genesis": "g", "traits": {}},
+    )
+
+
+def _chat_event(pid: str = "a") -> NewEvent:
+    return NewEvent(
+        payload=ChatStarted(chat_id="c", persona_id=pid, user_id="u", title="t"),
+        stream_id=f"persona:{pid}",
+        actor="t",
     )
 
 
 def _append(conn, events, expected=None):
-    return run_in_transaction(
-        conn, append_and_project, events, "2026-01-01T00:00:00.000000Z", expected
-    )
+    return run_in_transaction(conn, lambda c: WriteTx(c, Projector(), AT).append(events, expected))
 
 
 def test_update_and_delete_are_refused_by_the_database(conn):
@@ -48,34 +56,26 @@ def test_update_and_delete_are_refused_by_the_database(conn):
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         conn.execute("DELETE FROM events")
     assert count_events(conn) == 1
-    assert next(read_events(conn)).payload["name"] == "P"
+    stored = next(read_events(conn)).payload
+    assert isinstance(stored, PersonaCreated) and stored.name == "P"
 
 
 def test_streams_get_consecutive_versions_and_global_sequence(conn):
     stored = _append(conn, [_persona_event("a"), _persona_event("b")])
-    more = _append(
-        conn,
-        [
-            NewEvent(
-                type="chat.started",
-                stream_id="persona:a",
-                actor="t",
-                payload={"chat_id": "c", "persona_id": "a", "user_id": "u", "title": "t"},
-            )
-        ],
-    )
+    more = _append(conn, [_chat_event("a")])
     assert [e.stream_version for e in stored + more] == [1, 1, 2]
     assert [e.seq for e in stored + more] == sorted(e.seq for e in stored + more)
 
 
+def test_type_and_version_come_from_the_payload_class(conn):
+    _append(conn, [_persona_event("a")])
+    row = conn.execute("SELECT type, schema_version FROM events").fetchone()
+    assert tuple(row) == ("persona.created", PersonaCreated.version)
+
+
 def test_optimistic_concurrency_rejects_a_stale_writer(conn):
     _append(conn, [_persona_event("a")])
-    late = NewEvent(
-        type="chat.started",
-        stream_id="persona:a",
-        actor="t",
-        payload={"chat_id": "c", "persona_id": "a", "user_id": "u", "title": "t"},
-    )
+    late = _chat_event("a")
     with pytest.raises(ConcurrencyError):
         _append(conn, [late], {"persona:a": 0})  # the writer believed the stream was empty
     assert count_events(conn) == 1
@@ -92,31 +92,29 @@ def test_same_stream_version_twice_is_a_constraint_violation(conn):
 
 
 def test_a_failing_projection_rolls_back_the_append(conn):
-    bad = NewEvent(type="no.such.event", stream_id="s", actor="t", payload={})
-    with pytest.raises(UnknownEventType):
-        _append(conn, [_persona_event("a"), bad])
+    # The same chat started twice: the second fold violates the chats primary key.
+    with pytest.raises(sqlite3.IntegrityError):
+        _append(conn, [_persona_event("a"), _chat_event("a"), _chat_event("a")])
     assert count_events(conn) == 0
     assert conn.execute("SELECT COUNT(*) FROM persona").fetchone()[0] == 0
 
 
-def test_read_filters_by_trace_and_upcasts_old_payloads(conn):
-    e = NewEvent(
-        type="persona.created",
+def test_an_unknown_event_type_in_the_log_is_refused_on_read(conn):
+    conn.execute(
+        "INSERT INTO events (event_id, stream_id, stream_version, wall_time, actor, type,"
+        " payload) VALUES ('x', 's', 1, 'now', 'x', 'no.such.event', '{}')"
+    )
+    with pytest.raises(UnknownEventType, match="no.such.event"):
+        list(read_events(conn))
+
+
+def test_read_filters_by_trace(conn):
+    traced = NewEvent(
+        payload=PersonaCreated(persona_id="z", name="Z", description="d", genesis="g"),
         stream_id="persona:z",
         actor="system",
         trace_id="t1",
-        schema_version=0,
-        payload={"persona_id": "z", "name": "Z", "description": "d", "genesis": "g", "traits": {}},
     )
-    run_in_transaction(conn, insert_events, [e, _persona_event("y")], "2026-01-01T00:00:00.000000Z")
+    _append(conn, [traced, _persona_event("y")])
     events = list(read_events(conn, trace_id="t1"))
-    assert [ev.payload["persona_id"] for ev in events] == ["z"]
-
-    def v0_to_v1(payload):
-        return {**payload, "name": payload["name"].lower()}
-
-    upcast = list(read_events(conn, trace_id="t1", upcasters={("persona.created", 0): v0_to_v1}))
-    assert upcast[0].payload["name"] == "z"
-    assert upcast[0].schema_version == 1
-    # The stored row is never rewritten.
-    assert '"Z"' in conn.execute("SELECT payload FROM events WHERE trace_id='t1'").fetchone()[0]
+    assert [ev.payload.persona_id for ev in events] == ["z"]  # type: ignore[attr-defined]

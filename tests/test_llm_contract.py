@@ -30,7 +30,7 @@ def _local_backend() -> Backend:
     skip_without_local_model()
     from persona.llm.local import LocalBackend
 
-    return LocalBackend(Settings.model_validate({"llm_provider": "local"}))
+    return LocalBackend(Settings.model_validate({"llm": {"provider": "local"}}))
 
 
 @pytest_asyncio.fixture(params=BACKEND_NAMES)
@@ -43,7 +43,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         from persona.llm.openai_backend import OpenAIBackend
 
         base_url = request.getfixturevalue("llama_server")
-        settings = {"llm_provider": "openai", "llm_base_url": base_url}
+        settings = {"llm": {"provider": "openai", "base_url": base_url}}
         backend = OpenAIBackend(Settings.model_validate(settings))
     yield backend
     await backend.aclose()
@@ -111,10 +111,12 @@ class TestBackendContract:
 
 def test_registry_lists_builtin_backends_in_order() -> None:
     assert [name for name, _ in BACKENDS] == ["local", "openai", "scripted"]
-    assert isinstance(make_backend(Settings(llm_provider="scripted")), ScriptedBackend)
+    assert isinstance(make_backend(Settings(llm={"provider": "scripted"})), ScriptedBackend)
 
 
 def test_unknown_backend_is_an_error_not_a_fallback() -> None:
-    settings = Settings(llm_provider="scripted").model_copy(update={"llm_provider": "nope"})
+    scripted = Settings(llm={"provider": "scripted"})
+    nope = scripted.llm.model_copy(update={"provider": "nope"})
+    settings = scripted.model_copy(update={"llm": nope})
     with pytest.raises(ValueError, match="nope"):
         make_backend(settings)

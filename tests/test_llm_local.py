@@ -43,7 +43,7 @@ def _skip_without_model() -> None:
 @pytest_asyncio.fixture
 async def backend() -> AsyncIterator[LocalBackend]:
     _skip_without_model()
-    backend = LocalBackend(Settings.model_validate({"llm_provider": "local"}))
+    backend = LocalBackend(Settings.model_validate({"llm": {"provider": "local"}}))
     yield backend
     await backend.aclose()
     await _until_workers_stop(5)
@@ -128,7 +128,7 @@ async def test_cancelling_the_consumer_stops_the_worker(backend: LocalBackend) -
 @pytest.mark.local_model
 async def test_errors_in_the_worker_surface_as_llm_error() -> None:
     _skip_without_model()
-    tiny = LocalBackend(Settings.model_validate({"llm_provider": "local", "local_n_ctx": 256}))
+    tiny = LocalBackend(Settings.model_validate({"llm": {"provider": "local", "local_n_ctx": 256}}))
     too_long = [ChatMessage(role="user", content="lighthouse " * 400)]
     with pytest.raises(LLMError, match="local generation failed"):
         await tiny.stream(too_long, GenOptions(max_tokens=8)).text()

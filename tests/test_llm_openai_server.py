@@ -28,14 +28,15 @@ SECRET = "sk-test-Zq81mKx04Lr7PwT2aNvE5"
 
 def make_backend(base_url: str, key: str = SECRET, timeout_s: float = 60.0) -> OpenAIBackend:
     """Build an OpenAIBackend with settings that ignore the environment and config file."""
-    # llm_api_key is only accepted under its alias (PERSONA_LLM_API_KEY / OPENAI_API_KEY);
-    # model_validate also skips the environment and data/config.toml.
+    # model_validate skips the environment and data/config.toml.
     settings = Settings.model_validate(
         {
-            "llm_provider": "openai",
-            "llm_base_url": base_url,
-            "llm_timeout_s": timeout_s,
-            "PERSONA_LLM_API_KEY": key,
+            "llm": {
+                "provider": "openai",
+                "base_url": base_url,
+                "timeout_s": timeout_s,
+                "api_key": key,
+            }
         }
     )
     return OpenAIBackend(settings)

@@ -26,7 +26,9 @@ pytestmark = [
 
 def test_a_real_turn_streams_from_the_embedded_model(tmp_path):
     """Uses the real local model: slow-ish (about a second), exact text not asserted."""
-    settings = Settings(db_path=tmp_path / "real.db", llm_provider="local", max_tokens=24)
+    settings = Settings(
+        db_path=tmp_path / "real.db", llm={"provider": "local"}, generation={"max_tokens": 24}
+    )
     app = create_app(engine=Engine(settings, clock=FixedClock()))
     with TestClient(app) as client:
         with client.stream(
@@ -43,4 +45,4 @@ def test_a_real_turn_streams_from_the_embedded_model(tmp_path):
     assert meta["token_budget"]["core"] > 0  # counted with the model's own tokenizer
     events = list(read_events(connect(settings.db_path), trace_id=meta["trace_id"]))
     reply = next(e for e in events if e.type == "reply.completed")
-    assert reply.model == "SmolLM2-135M-Instruct" and reply.payload["reply"] == body["reply"]
+    assert reply.model == "SmolLM2-135M-Instruct" and reply.payload.reply == body["reply"]

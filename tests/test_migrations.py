@@ -38,7 +38,7 @@ def test_existing_db_is_backed_up_before_a_new_migration(tmp_path):
     shutil.copytree(MIGRATIONS_DIR, migrations)
     db = tmp_path / "live.db"
     conn = connect(db)
-    migrate(conn, db, migrations)
+    migrate(conn, db, directory=migrations)
     conn.execute(
         "INSERT INTO events (event_id, stream_id, stream_version, wall_time, actor, type,"
         " payload) VALUES ('e1', 's', 1, 'now', 'x', 'persona.created', '{}')"
@@ -47,7 +47,7 @@ def test_existing_db_is_backed_up_before_a_new_migration(tmp_path):
     (migrations / f"{nxt:04d}_add_note.sql").write_text(
         "ALTER TABLE persona ADD COLUMN note TEXT;\n"
     )
-    assert migrate(conn, db, migrations) == [nxt]
+    assert migrate(conn, db, directory=migrations) == [nxt]
     backups = list(tmp_path.glob("live.db.bak-*"))
     assert len(backups) == 1
     old = sqlite3.connect(backups[0])
@@ -65,7 +65,7 @@ def test_a_broken_migration_leaves_nothing_half_applied(tmp_path):
     )
     conn = connect(tmp_path / "b.db")
     with pytest.raises(sqlite3.OperationalError):
-        migrate(conn, tmp_path / "b.db", migrations)
+        migrate(conn, tmp_path / "b.db", directory=migrations)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
     applied = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
     assert applied == list(range(1, nxt))

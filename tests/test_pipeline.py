@@ -7,6 +7,7 @@ from datetime import timedelta
 from helpers import run_turn
 
 from persona.engine import Engine
+from persona.events import Generation, TurnStarted
 from persona.llm.scripted import ScriptedBackend, as_json
 from persona.storage import queries
 from persona.storage.db import connect
@@ -22,6 +23,7 @@ TURN_EVENTS = [
     "memory.written",
     "edge.asserted",
     "telemetry.recorded",
+    "chat_state.recorded",
     "turn.completed",
 ]
 
@@ -44,10 +46,17 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
     assert actors["workspace.selected"] == "gating"
     assert actors["metacognition.completed"] == "metacognition"
     assert actors["reply.completed"] == "speaker"
-    assert {e.stream_id for e in events} == {"chat:chat-1"}
-    assert [e.stream_version for e in events] == list(range(1, 12))
+    # Persona-scoped state (the relationship edge) goes on the persona's stream.
+    streams = {e.type: e.stream_id for e in events}
+    assert streams.pop("edge.asserted") == "persona:default"
+    assert set(streams.values()) == {"chat:chat-1"}
+    chat_events = [e for e in events if e.stream_id == "chat:chat-1"]
+    assert [e.stream_version for e in chat_events] == list(range(1, len(chat_events) + 1))
     reply = next(e for e in events if e.type == "reply.completed")
-    assert reply.model == "scripted" and reply.tokens_out and reply.payload["prompt"]
+    assert reply.model == "scripted" and reply.tokens_out and reply.payload.prompt
+    # Each stage's latency sits on its own event.
+    for e in events[1:6]:
+        assert e.latency_ms is not None and e.latency_ms >= 0
 
 
 async def test_perception_intent_safety_and_ooc(engine, backend):
@@ -103,7 +112,9 @@ async def test_recency_blends_with_lexical_relevance(engine, clock):
 async def test_gating_packs_into_a_real_token_budget(tmp_path, clock):
     from persona.config import Settings
 
-    settings = Settings(db_path=tmp_path / "g.db", context_tokens=400, llm_provider="scripted")
+    settings = Settings(
+        db_path=tmp_path / "g.db", gating={"context_tokens": 400}, llm={"provider": "scripted"}
+    )
     engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
     await engine.start()
     try:
@@ -156,8 +167,10 @@ async def test_turns_on_one_chat_are_serialized(engine, backend):
     for h in handles:
         expected += [("turn.started", h.trace_id), ("turn.completed", h.trace_id)]
     assert order == expected
-    indexes = [e.payload["turn_index"] for e in events if e.type == "turn.started"]
-    assert indexes == [0, 1, 2]
+    started = [e.payload for e in events if e.type == "turn.started"]
+    assert [p.depth for p in started] == [0, 1, 2]
+    # Each turn continues the one before it: a linear path through the tree.
+    assert [p.parent_turn_id for p in started] == [None, handles[0].turn_id, handles[1].turn_id]
 
 
 async def test_restart_keeps_every_chat_and_memory(settings, clock):
@@ -189,20 +202,21 @@ async def test_a_turn_cut_off_by_a_dead_process_is_marked_failed_on_start(settin
     await first.store.append(
         [
             NewEvent(
-                type="turn.started",
+                payload=TurnStarted(
+                    turn_id="dead",
+                    chat_id="a",
+                    persona_id="default",
+                    user_id="local",
+                    parent_turn_id=None,
+                    depth=1,
+                    message="lost?",
+                    gen=Generation(temperature=0.7, max_tokens=100),
+                    backend="scripted",
+                    config_hash="x",
+                ),
                 stream_id="chat:a",
                 actor="runner",
                 trace_id="t" * 32,
-                payload={
-                    "turn_id": "dead",
-                    "chat_id": "a",
-                    "persona_id": "default",
-                    "user_id": "local",
-                    "turn_index": 1,
-                    "message": "lost?",
-                    "reward_signal": 0,
-                    "gen": {},
-                },
             )
         ]
     )
@@ -213,8 +227,9 @@ async def test_a_turn_cut_off_by_a_dead_process_is_marked_failed_on_start(settin
     try:
         turn = await second.store.read(queries.get_turn, "dead")
         assert turn["status"] == "failed" and "interrupted" in turn["error"]
-        history = await second.store.read(queries.recent_history, "a", 10)
-        assert [h["user_message"] for h in history] == ["hello"]
+        chat = await second.store.read(queries.get_chat, "a")
+        history = await second.store.read(queries.active_path, chat["head_turn_id"], 10)
+        assert [h.user_message for h in history] == ["hello"]
     finally:
         await second.stop()
 
@@ -224,7 +239,9 @@ async def test_classifier_failure_falls_back_and_is_recorded(tmp_path, clock):
 
     backend = ScriptedBackend()
     settings = Settings(
-        db_path=tmp_path / "c.db", llm_provider="scripted", perception_use_classifier=True
+        db_path=tmp_path / "c.db",
+        llm={"provider": "scripted"},
+        perception={"use_classifier": True},
     )
     engine = Engine(settings, backend=backend, clock=clock)
     await engine.start()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from helpers import run_turn
 
 from persona import cli
 from persona.projector.replay import combined, projection_digests, rebuild, verify
+from persona.storage import queries
 from persona.storage.db import connect
 from persona.storage.eventlog import count_events
 
@@ -31,7 +30,16 @@ async def test_fold_builds_every_projection(engine):
     conn = connect(engine.settings.db_path)
     counts = {
         t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-        for t in ("persona", "chats", "turns", "messages", "memory", "edge", "telemetry")
+        for t in (
+            "persona",
+            "chats",
+            "turns",
+            "messages",
+            "memory",
+            "edge",
+            "telemetry",
+            "chat_state",
+        )
     }
     assert counts == {
         "persona": 1,
@@ -41,11 +49,20 @@ async def test_fold_builds_every_projection(engine):
         "memory": 6,
         "edge": 1,
         "telemetry": 5,
+        "chat_state": 5,
     }
     edge = dict(conn.execute("SELECT * FROM edge").fetchone())
     assert edge["evidence"] == 5 and edge["src"] == "persona:default"
-    turn = conn.execute("SELECT status, meta FROM turns ORDER BY started_at LIMIT 1").fetchone()
-    assert turn["status"] == "completed" and json.loads(turn["meta"])["trace_id"]
+    turn = conn.execute("SELECT * FROM turns ORDER BY started_seq LIMIT 1").fetchone()
+    assert turn["status"] == "completed" and turn["parent_turn_id"] is None
+    # Memory rows keep the turn that wrote them.
+    written = conn.execute(
+        "SELECT turn_id FROM memory WHERE memory_id = ?", (f"ep:{turn['turn_id']}",)
+    )
+    assert written.fetchone()[0] == turn["turn_id"]
+    # The chat's head is its newest completed turn; the path runs back to the first.
+    head = conn.execute("SELECT head_turn_id FROM chats WHERE chat_id = 'chat-1'").fetchone()[0]
+    assert [t.depth for t in queries.active_path(conn, head, 10)] == [0, 1, 2, 3]
     # The FTS index follows the memory table.
     hits = conn.execute(
         "SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'lisbon'"
@@ -89,7 +106,7 @@ async def test_cli_verify_reports_both_digests_and_detects_drift(engine, monkeyp
     assert cli.main(["verify", "--quiet"]) == 0
 
 
-@pytest.mark.parametrize("table", ["memory", "telemetry"])
+@pytest.mark.parametrize("table", ["memory", "telemetry", "chat_state"])
 async def test_dropping_a_projection_row_is_caught(engine, tmp_path, table):
     await run_turn(engine, "remember the blue lighthouse")
     conn = connect(engine.settings.db_path)

@@ -92,12 +92,12 @@ class LocalBackend(Backend):
     structured_mode: ClassVar[str] = "json_schema"
 
     def __init__(self, settings: Settings, model_path: Path | None = None):
-        self.model = settings.narrative_model
+        self.model = settings.llm.narrative_model
         self.path = model_path or find_gguf()
         self.tokenizer_name = f"llama.cpp:{self.path.name}"
-        self.n_ctx = settings.local_n_ctx
+        self.n_ctx = settings.llm.local_n_ctx
         # llama.cpp defaults to half the cores; all of them halves time to first token.
-        self.n_threads = settings.local_n_threads or os.cpu_count()
+        self.n_threads = settings.llm.local_n_threads or os.cpu_count()
 
     async def warm(self) -> None:
         """Load the model in a thread so the first turn does not pay for it."""

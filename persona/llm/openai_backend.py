@@ -28,16 +28,16 @@ class OpenAIBackend(Backend):
     structured_mode: ClassVar[str] = "json_schema"
 
     def __init__(self, settings: Settings):
-        self.model = settings.narrative_model
+        self.model = settings.llm.narrative_model
         self.tokenizer_name = ENCODING
-        self._key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
+        self._key = settings.llm.api_key.get_secret_value() if settings.llm.api_key else ""
         self._client_args: dict[str, Any] = {
-            "base_url": settings.llm_base_url,
+            "base_url": settings.llm.base_url,
             "api_key": self._key or _NO_KEY,
-            "timeout": settings.llm_timeout_s,
+            "timeout": settings.llm.timeout_s,
             "max_retries": 0,  # retrying is the caller's decision, not the transport's
         }
-        self._where = _host_of(settings.llm_base_url)
+        self._where = _host_of(settings.llm.base_url)
         self._client = AsyncOpenAI(**self._client_args)
         self._sync_client: OpenAI | None = None
         self._schema_in_json_object = False  # learnt from the server's first refusal

@@ -34,9 +34,9 @@ BACKENDS: tuple[tuple[str, Callable[[Settings], Backend]], ...] = (
 
 
 def make_backend(settings: Settings) -> Backend:
-    """Build the backend named by `settings.llm_provider`; errors propagate, no fallback."""
+    """Build the backend named by `settings.llm.provider`; errors propagate, no fallback."""
     for name, factory in BACKENDS:
-        if name == settings.llm_provider:
+        if name == settings.llm.provider:
             return factory(settings)
     known = ", ".join(name for name, _ in BACKENDS)
-    raise ValueError(f"unknown llm_provider {settings.llm_provider!r} (known: {known})")
+    raise ValueError(f"unknown llm.provider {settings.llm.provider!r} (known: {known})")

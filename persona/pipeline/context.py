@@ -1,15 +1,20 @@
-"""The turn context that flows through the stages, and the stage seam."""
+"""The turn context that flows through the stages, and the stage seams."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from persona.config import Settings
+from persona.errors import MissingDecision
+from persona.events import ChatState, EventPayload
 from persona.llm.base import Backend, GenOptions
-from persona.storage.store import Store
+from persona.storage.queries import PathTurn, PersonaRow
+from persona.storage.store import ReadView
+
+D = TypeVar("D", bound=EventPayload)
 
 
 @dataclass(frozen=True)
@@ -26,43 +31,103 @@ class TurnRequest:
 
 @dataclass
 class TurnContext:
-    """Everything known about one turn; each stage reads it and adds its decision."""
+    """Everything known about one turn; each stage reads it and adds its decision.
+
+    `parent_state` is the snapshot the parent turn left: what carries from turn to turn.
+    `recent_user_messages` are the user's messages on the active path, oldest first.
+    """
 
     request: TurnRequest
     trace_id: str
     turn_id: str
-    turn_index: int
+    parent_turn_id: str | None
+    depth: int
     now: datetime
-    persona: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    timing_ms: dict[str, float] = field(default_factory=dict)
+    persona: PersonaRow
+    parent_state: ChatState
+    history: list[PathTurn] = field(default_factory=list)
+    recent_user_messages: list[str] = field(default_factory=list)
+    decisions: dict[type[EventPayload], EventPayload] = field(default_factory=dict)
     reply: str = ""
-    llm_timing: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, decision: EventPayload) -> None:
+        """Keep a stage's decision for the stages after it."""
+        self.decisions[type(decision)] = decision
+
+    def need(self, kind: type[D]) -> D:
+        """The decision of the stage that produces `kind`; fails clearly if it has not run."""
+        found = self.decisions.get(kind)
+        if found is None:
+            ran = ", ".join(sorted(t.event_type for t in self.decisions)) or "none"
+            raise MissingDecision(
+                f"no {kind.__name__} ({kind.event_type}) decision in this turn;"
+                f" decisions so far: {ran}"
+            )
+        assert isinstance(found, kind)
+        return found
+
+    def get(self, kind: type[D]) -> D | None:
+        """The decision of `kind` if its stage ran, else None."""
+        found = self.decisions.get(kind)
+        return found if isinstance(found, kind) else None
 
 
 @dataclass(frozen=True)
 class StageEnv:
-    """What stages may use: settings, storage reads, the backend and its tokenizer."""
+    """What stages may use: settings, read-only storage, the backend and its tokenizer."""
 
     settings: Settings
-    store: Store
+    store: ReadView
     backend: Backend
     count_tokens: Callable[[str], int]
 
 
 @dataclass(frozen=True)
-class Decision:
-    """A stage's output: the payload of its event, plus optional extra events."""
+class ModelCall:
+    """One model call a stage made: recorded on the stage's own event."""
 
-    payload: dict[str, Any]
-    extra_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    model: str
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """A stage's decision (its event's payload), extra events, and any model call."""
+
+    decision: EventPayload
+    extra: tuple[EventPayload, ...] = ()
+    call: ModelCall | None = None
 
 
 class Stage(Protocol):
     """A pipeline stage: reads the context, returns its decision (becomes an event)."""
 
-    name: str
-    event_type: str
+    @property
+    def name(self) -> str: ...
 
-    async def run(self, ctx: TurnContext, env: StageEnv) -> Decision: ...
+    async def run(self, ctx: TurnContext, env: StageEnv) -> StageOutput: ...
+
+
+class PersonaView(Protocol):
+    """Persona-scoped state as the writer's transaction sees it (post-reply stages)."""
+
+    def edge_weight(self, src: str, rel: str, dst: str) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Emit:
+    """An event a post-reply stage decided; `scope` names the stream it goes on."""
+
+    payload: EventPayload
+    scope: str = "chat"  # "chat" or "persona"
+
+
+class PostStage(Protocol):
+    """Work after the reply: decided inside the writer's transaction, recorded atomically."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]: ...

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
+from persona.events import ClassifierFailed, ClassifierInfo, EventPayload, Perception, Safety
 from persona.llm.base import ChatMessage
-from persona.pipeline.context import Decision, StageEnv, TurnContext
+from persona.pipeline.context import ModelCall, StageEnv, StageOutput, TurnContext
 from persona.pipeline.text import words
 
 Intent = Literal[
@@ -252,36 +253,41 @@ class PerceptionStage:
     """Turn the raw message into intent, safety and OOC signals."""
 
     name = "perception"
-    event_type = "perception.completed"
 
-    async def run(self, ctx: TurnContext, env: StageEnv) -> Decision:
+    async def run(self, ctx: TurnContext, env: StageEnv) -> StageOutput:
         text = ctx.request.message
+        settings = env.settings.perception
         intent, hits = intent_scores(text)
         risk, risk_hits = safety_risk(text)
         ooc = text.lstrip().startswith("((")
-        extra: list[tuple[str, dict[str, Any]]] = []
-        classifier: dict[str, Any] | None = None
-        if env.settings.perception_use_classifier and env.backend.supports_structured:
-            intent, classifier, failure = await self._classify(text, intent, env)
+        extra: tuple[EventPayload, ...] = ()
+        classifier: ClassifierInfo | None = None
+        call: ModelCall | None = None
+        if settings.use_classifier and env.backend.supports_structured:
+            intent, classifier, failure, call = await self._classify(text, intent, env)
             if failure is not None:
-                extra.append(("classifier.failed", failure))
-        override = risk >= env.settings.safety_override_threshold
-        payload = {
-            "intent": intent,
-            "top_intent": max(intent, key=lambda k: intent[k]),
-            "cues": {k: v for k, v in hits.items() if v},
-            "safety": {"total_risk": risk, "override": override, "cues": risk_hits},
-            "ooc": ooc,
-            "importance": importance(text, intent, risk),
-            "classifier": classifier,
-        }
-        return Decision(payload, extra)
+                extra = (failure,)
+        decision = Perception(
+            intent=intent,
+            top_intent=max(intent, key=lambda k: intent[k]),
+            cues={k: v for k, v in hits.items() if v},
+            safety=Safety(
+                total_risk=risk,
+                override=risk >= settings.safety_override_threshold,
+                cues=risk_hits,
+            ),
+            ooc=ooc,
+            importance=importance(text, intent, risk),
+            classifier=classifier,
+        )
+        return StageOutput(decision, extra, call)
 
     async def _classify(
         self, text: str, intent: dict[str, float], env: StageEnv
-    ) -> tuple[dict[str, float], dict[str, Any] | None, dict[str, Any] | None]:
+    ) -> tuple[dict[str, float], ClassifierInfo, ClassifierFailed | None, ModelCall]:
         from persona.llm.structured import structured_call
 
+        model = env.settings.llm.classifier_model
         prompt = [
             ChatMessage(
                 role="system",
@@ -295,27 +301,35 @@ class PerceptionStage:
             env.backend,
             IntentJudgement,
             prompt,
-            model=env.settings.classifier_model,
-            timeout_s=env.settings.classifier_timeout_s,
-            retries=env.settings.classifier_retries,
+            model=model,
+            timeout_s=env.settings.perception.classifier_timeout_s,
+            retries=env.settings.perception.classifier_retries,
         )
-        info = {
-            "ok": result.ok,
-            "primary_intent": result.value.primary_intent,
-            "confidence": result.value.confidence,
-            "attempts": result.attempts,
-        }
+        info = ClassifierInfo(
+            ok=result.ok,
+            primary_intent=result.value.primary_intent,
+            confidence=result.value.confidence,
+            attempts=result.attempts,
+            model=model,
+            latency_ms=round(result.latency_ms, 3),
+        )
+        call = ModelCall(
+            model=model,
+            tokens_in=sum(env.count_tokens(m.content) for m in prompt),
+            tokens_out=None,  # instructor does not hand back the usage of its attempts
+            latency_ms=round(result.latency_ms, 3),
+        )
         if not result.ok:
-            failure = {
-                "stage": self.name,
-                "schema_name": "IntentJudgement",
-                "model": env.settings.classifier_model,
-                "error": result.error or "unknown error",
-                "attempts": result.attempts,
-            }
-            return intent, info, failure
+            failure = ClassifierFailed(
+                stage=self.name,
+                schema_name="IntentJudgement",
+                model=model,
+                error=result.error or "unknown error",
+                attempts=result.attempts,
+            )
+            return intent, info, failure, call
         label = result.value.primary_intent
         # Blend: the classifier moves `confidence/2` of the mass onto its label.
         w = result.value.confidence / 2
         intent = {k: round((1 - w) * v + (w if k == label else 0.0), 4) for k, v in intent.items()}
-        return intent, info, None
+        return intent, info, None, call

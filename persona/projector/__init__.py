@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
+from persona.events import UnknownEventType
 from persona.projector.handlers import HANDLERS
-from persona.storage.eventlog import Event, NewEvent, insert_events
+from persona.storage.eventlog import Event, read_events
 
 # Every projection table, in the order they are cleared and digested.
 PROJECTION_TABLES: tuple[str, ...] = (
@@ -16,30 +18,51 @@ PROJECTION_TABLES: tuple[str, ...] = (
     "memory",
     "edge",
     "telemetry",
+    "chat_state",
     "classifier_failures",
 )
 
 
-class UnknownEventType(ValueError):
-    """The projector has no handler for an event type (refuse rather than drop it)."""
-
-
 def project(conn: sqlite3.Connection, event: Event) -> None:
     """Apply one event to the projections."""
-    handler = HANDLERS.get(event.type)
+    handler = HANDLERS.get(type(event.payload))
     if handler is None:
         raise UnknownEventType(event.type)
     handler(conn, event)
 
 
-def append_and_project(
-    conn: sqlite3.Connection,
-    new_events: list[NewEvent],
-    wall_time: str,
-    expected_versions: dict[str, int] | None = None,
-) -> list[Event]:
-    """Append events and fold them; the caller's transaction makes both atomic."""
-    stored = insert_events(conn, new_events, wall_time, expected_versions)
-    for event in stored:
+def clear_projections(conn: sqlite3.Connection) -> None:
+    """Empty every projection table (the FTS index included); the log is untouched."""
+    for table in PROJECTION_TABLES:
+        conn.execute(f"DELETE FROM {table}")
+    conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('delete-all')")
+
+
+Progress = Callable[[int], None]
+
+
+def replay_log(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
+    """Fold every event, in order, into the (empty) projections. Returns the count."""
+    count = 0
+    for event in read_events(conn):
         project(conn, event)
-    return stored
+        count += 1
+        if progress is not None:
+            progress(1)
+    return count
+
+
+class Projector:
+    """The projection the store folds every append into (storage's `Projection`)."""
+
+    def fold(self, conn: sqlite3.Connection, event: Event) -> None:
+        """Fold one event (inside the caller's transaction)."""
+        project(conn, event)
+
+    def rebuild(self, conn: sqlite3.Connection) -> int:
+        """Clear every projection and replay the log (inside the caller's transaction)."""
+        clear_projections(conn)
+        return replay_log(conn)
+
+
+__all__ = ["PROJECTION_TABLES", "Progress", "Projector", "clear_projections", "project", "replay_log"]

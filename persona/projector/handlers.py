@@ -1,4 +1,4 @@
-"""One pure handler per event type: fold an event into the projection tables.
+"""One pure handler per event type: fold a typed event into the projection tables.
 
 Handlers read only the connection they are given and the event; time comes from the
 event, never from a clock, so replaying the log gives the same bytes.
@@ -9,9 +9,30 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TypeVar
 
+from persona.events import (
+    ChatStarted,
+    ChatStateRecorded,
+    ClassifierFailed,
+    EdgeAsserted,
+    EventPayload,
+    MemoryRetrieval,
+    MemoryWritten,
+    Metacognition,
+    Perception,
+    PersonaCreated,
+    ReplyCompleted,
+    TelemetryRecorded,
+    TurnCompleted,
+    TurnFailed,
+    TurnStarted,
+    Workspace,
+)
 from persona.storage.eventlog import Event
 
+P = TypeVar("P", bound=EventPayload)
 Handler = Callable[[sqlite3.Connection, Event], None]
 
 
@@ -19,211 +40,199 @@ def _json(value: object) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def persona_created(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
+def _at(e: Event) -> str:
+    return e.chat_time or e.wall_time
+
+
+def persona_created(conn: sqlite3.Connection, e: Event, p: PersonaCreated) -> None:
     conn.execute(
         "INSERT INTO persona (persona_id, name, description, genesis, traits, created_at,"
         " updated_at, turn_count) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-        (
-            p["persona_id"],
-            p["name"],
-            p["description"],
-            p["genesis"],
-            _json(p["traits"]),
-            e.chat_time,
-            e.chat_time,
-        ),
+        (p.persona_id, p.name, p.description, p.genesis, _json(p.traits), _at(e), _at(e)),
     )
     _insert_memory(
         conn,
-        f"core:{p['persona_id']}",
-        p["persona_id"],
-        "core",
-        p["genesis"],
-        1.0,
-        None,
-        e.trace_id,
-        e.chat_time or e.wall_time,
+        MemoryWritten(
+            memory_id=f"core:{p.persona_id}",
+            persona_id=p.persona_id,
+            kind="core",
+            content=p.genesis,
+            importance=1.0,
+        ),
+        e,
     )
 
 
-def chat_started(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
+def chat_started(conn: sqlite3.Connection, e: Event, p: ChatStarted) -> None:
     conn.execute(
-        "INSERT INTO chats (chat_id, persona_id, user_id, title, created_at, updated_at,"
-        " turn_count) VALUES (?, ?, ?, ?, ?, ?, 0)",
-        (p["chat_id"], p["persona_id"], p["user_id"], p["title"], e.chat_time, e.chat_time),
+        "INSERT INTO chats (chat_id, persona_id, user_id, title, head_turn_id, created_at,"
+        " updated_at, turn_count) VALUES (?, ?, ?, ?, NULL, ?, ?, 0)",
+        (p.chat_id, p.persona_id, p.user_id, p.title, _at(e), _at(e)),
     )
 
 
-def turn_started(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
+def turn_started(conn: sqlite3.Connection, e: Event, p: TurnStarted) -> None:
+    parent, depth = p.parent_turn_id, p.depth
+    if p.linear:  # a 0.1.0 turn: it continued the chat's newest completed turn
+        row = conn.execute(
+            "SELECT t.turn_id, t.depth FROM chats c JOIN turns t ON t.turn_id = c.head_turn_id"
+            " WHERE c.chat_id = ?",
+            (p.chat_id,),
+        ).fetchone()
+        parent, depth = (row[0], row[1] + 1) if row else (None, 0)
     conn.execute(
-        "INSERT INTO turns (turn_id, chat_id, trace_id, turn_index, status, user_message,"
-        " started_at) VALUES (?, ?, ?, ?, 'started', ?, ?)",
-        (p["turn_id"], p["chat_id"], e.trace_id, p["turn_index"], p["message"], e.chat_time),
+        "INSERT INTO turns (turn_id, chat_id, trace_id, parent_turn_id, depth, started_seq,"
+        " status, user_message, started_at) VALUES (?, ?, ?, ?, ?, ?, 'started', ?, ?)",
+        (p.turn_id, p.chat_id, e.trace_id, parent, depth, e.seq, p.message, _at(e)),
     )
-    _insert_message(conn, p["chat_id"], p["turn_id"], "user", p["message"], e.chat_time)
-    conn.execute("UPDATE chats SET updated_at = ? WHERE chat_id = ?", (e.chat_time, p["chat_id"]))
+    _insert_message(conn, e, p.chat_id, p.turn_id, "user", p.message)
+    conn.execute("UPDATE chats SET updated_at = ? WHERE chat_id = ?", (_at(e), p.chat_id))
 
 
-def reply_completed(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
-    _insert_message(conn, p["chat_id"], p["turn_id"], "assistant", p["reply"], e.chat_time)
+def reply_completed(conn: sqlite3.Connection, e: Event, p: ReplyCompleted) -> None:
+    _insert_message(conn, e, p.chat_id, p.turn_id, "assistant", p.reply)
 
 
-def turn_completed(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
+def turn_completed(conn: sqlite3.Connection, e: Event, p: TurnCompleted) -> None:
     conn.execute(
-        "UPDATE turns SET status = 'completed', reply = ?, meta = ?, ended_at = ?"
-        " WHERE turn_id = ?",
-        (p["reply"], _json(p["meta"]), e.chat_time, p["turn_id"]),
+        "UPDATE turns SET status = 'completed', reply = ?, ended_at = ? WHERE turn_id = ?",
+        (p.reply, _at(e), p.turn_id),
     )
     conn.execute(
-        "UPDATE chats SET turn_count = turn_count + 1, updated_at = ? WHERE chat_id = ?",
-        (e.chat_time, p["chat_id"]),
+        "UPDATE chats SET head_turn_id = ?, turn_count = turn_count + 1, updated_at = ?"
+        " WHERE chat_id = ?",
+        (p.turn_id, _at(e), p.chat_id),
     )
     conn.execute(
         "UPDATE persona SET turn_count = turn_count + 1, updated_at = ? WHERE persona_id = ?",
-        (e.chat_time, p["persona_id"]),
+        (_at(e), p.persona_id),
     )
 
 
-def turn_failed(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
+def turn_failed(conn: sqlite3.Connection, e: Event, p: TurnFailed) -> None:
     conn.execute(
         "UPDATE turns SET status = 'failed', error = ?, ended_at = ? WHERE turn_id = ?",
-        (p["error"], e.chat_time, p["turn_id"]),
+        (p.error, _at(e), p.turn_id),
     )
 
 
-def memory_written(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
-    _insert_memory(
-        conn,
-        p["memory_id"],
-        p["persona_id"],
-        p["kind"],
-        p["content"],
-        p["importance"],
-        p.get("chat_id"),
-        e.trace_id,
-        e.chat_time or e.wall_time,
-    )
+def memory_written(conn: sqlite3.Connection, e: Event, p: MemoryWritten) -> None:
+    _insert_memory(conn, p, e)
 
 
-def edge_asserted(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
-    edge_id = f"{p['src']}|{p['rel']}|{p['dst']}"
+def edge_asserted(conn: sqlite3.Connection, e: Event, p: EdgeAsserted) -> None:
     conn.execute(
         "INSERT INTO edge (edge_id, persona_id, src, rel, dst, weight, evidence, valid_from,"
         " updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)"
         " ON CONFLICT (edge_id) DO UPDATE SET weight = excluded.weight,"
         " evidence = edge.evidence + 1, updated_at = excluded.updated_at",
-        (
-            edge_id,
-            p["persona_id"],
-            p["src"],
-            p["rel"],
-            p["dst"],
-            p["weight"],
-            e.chat_time,
-            e.chat_time,
-        ),
+        (f"{p.src}|{p.rel}|{p.dst}", p.persona_id, p.src, p.rel, p.dst, p.weight, _at(e), _at(e)),
     )
 
 
-def telemetry_recorded(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
-    t = p["telemetry"]
+def telemetry_recorded(conn: sqlite3.Connection, e: Event, p: TelemetryRecorded) -> None:
+    turn_id = p.turn_id
+    if turn_id is None:  # a 0.1.0 row: its trace names the turn
+        row = conn.execute("SELECT turn_id FROM turns WHERE trace_id = ?", (e.trace_id,))
+        found = row.fetchone()
+        turn_id = found[0] if found else None
+    t = p.telemetry
     conn.execute(
-        "INSERT INTO telemetry (trace_id, chat_id, persona_id, turn_index, c, n, m, s, r,"
+        "INSERT INTO telemetry (trace_id, chat_id, persona_id, turn_id, c, n, m, s, r,"
         " dialogue_state, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             e.trace_id,
-            p["chat_id"],
-            p["persona_id"],
-            p["turn_index"],
-            t["C"],
-            t["N"],
-            t["M"],
-            t["S"],
-            t["R"],
-            p["dialogue_state"],
-            e.chat_time,
+            p.chat_id,
+            p.persona_id,
+            turn_id,
+            t.C,
+            t.N,
+            t.M,
+            t.S,
+            t.R,
+            p.dialogue_state,
+            _at(e),
         ),
     )
 
 
-def classifier_failed(conn: sqlite3.Connection, e: Event) -> None:
-    p = e.payload
+def chat_state_recorded(conn: sqlite3.Connection, e: Event, p: ChatStateRecorded) -> None:
+    conn.execute(
+        "INSERT INTO chat_state (turn_id, chat_id, state, recorded_at) VALUES (?, ?, ?, ?)",
+        (p.turn_id, p.chat_id, _json(p.state.model_dump(mode="json")), _at(e)),
+    )
+
+
+def classifier_failed(conn: sqlite3.Connection, e: Event, p: ClassifierFailed) -> None:
     conn.execute(
         "INSERT INTO classifier_failures (event_id, trace_id, stage, schema_name, model,"
         " error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            e.event_id,
-            e.trace_id,
-            p["stage"],
-            p["schema_name"],
-            p.get("model"),
-            p["error"],
-            p["attempts"],
-            e.chat_time,
-        ),
+        (e.event_id, e.trace_id, p.stage, p.schema_name, p.model, p.error, p.attempts, _at(e)),
     )
+
+
+def record_only(conn: sqlite3.Connection, e: Event, p: EventPayload) -> None:
+    """Decision events live in the log (trace viewer, meta); no table folds them."""
 
 
 def _insert_message(
-    conn: sqlite3.Connection, chat_id: str, turn_id: str, role: str, content: str, at: str | None
+    conn: sqlite3.Connection, e: Event, chat_id: str, turn_id: str, role: str, content: str
 ) -> None:
-    position = conn.execute(
-        "SELECT COALESCE(MAX(position), 0) + 1 FROM messages WHERE chat_id = ?", (chat_id,)
-    ).fetchone()[0]
     conn.execute(
-        "INSERT INTO messages (message_id, chat_id, turn_id, position, role, content,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (f"{turn_id}:{role}", chat_id, turn_id, position, role, content, at),
+        "INSERT INTO messages (message_id, chat_id, turn_id, role, content, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (e.event_id, chat_id, turn_id, role, content, _at(e)),
     )
 
 
-def _insert_memory(
-    conn: sqlite3.Connection,
-    memory_id: str,
-    persona_id: str,
-    kind: str,
-    content: str,
-    importance: float,
-    chat_id: str | None,
-    trace_id: str | None,
-    at: str,
-) -> None:
+def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None:
     cursor = conn.execute(
         "INSERT INTO memory (memory_id, persona_id, kind, content, importance, chat_id,"
-        " trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (memory_id, persona_id, kind, content, importance, chat_id, trace_id, at),
+        " turn_id, trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            p.memory_id,
+            p.persona_id,
+            p.kind,
+            p.content,
+            p.importance,
+            p.chat_id,
+            p.turn_id,
+            e.trace_id,
+            _at(e),
+        ),
     )
     conn.execute(
-        "INSERT INTO memory_fts (rowid, content) VALUES (?, ?)", (cursor.lastrowid, content)
+        "INSERT INTO memory_fts (rowid, content) VALUES (?, ?)", (cursor.lastrowid, p.content)
     )
 
 
-def _record_only(conn: sqlite3.Connection, e: Event) -> None:
-    """Decision events live in the log (trace viewer, meta); no table folds them yet."""
+def _handler(cls: type[P], fn: Callable[[sqlite3.Connection, Event, P], None]) -> Handler:
+    def handle(conn: sqlite3.Connection, e: Event) -> None:
+        payload = e.payload
+        if not isinstance(payload, cls):
+            raise TypeError(f"{cls.__name__} handler got {type(payload).__name__}")
+        fn(conn, e, payload)
+
+    return handle
 
 
-HANDLERS: Mapping[str, Handler] = {
-    "persona.created": persona_created,
-    "chat.started": chat_started,
-    "turn.started": turn_started,
-    "perception.completed": _record_only,
-    "memory.retrieved": _record_only,
-    "workspace.selected": _record_only,
-    "metacognition.completed": _record_only,
-    "reply.completed": reply_completed,
-    "memory.written": memory_written,
-    "edge.asserted": edge_asserted,
-    "telemetry.recorded": telemetry_recorded,
-    "classifier.failed": classifier_failed,
-    "turn.completed": turn_completed,
-    "turn.failed": turn_failed,
-}
+# Keyed by payload class; a test checks this and the event catalog cover each other.
+HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
+    {
+        PersonaCreated: _handler(PersonaCreated, persona_created),
+        ChatStarted: _handler(ChatStarted, chat_started),
+        TurnStarted: _handler(TurnStarted, turn_started),
+        Perception: _handler(Perception, record_only),
+        ClassifierFailed: _handler(ClassifierFailed, classifier_failed),
+        MemoryRetrieval: _handler(MemoryRetrieval, record_only),
+        Workspace: _handler(Workspace, record_only),
+        Metacognition: _handler(Metacognition, record_only),
+        ReplyCompleted: _handler(ReplyCompleted, reply_completed),
+        MemoryWritten: _handler(MemoryWritten, memory_written),
+        EdgeAsserted: _handler(EdgeAsserted, edge_asserted),
+        TelemetryRecorded: _handler(TelemetryRecorded, telemetry_recorded),
+        ChatStateRecorded: _handler(ChatStateRecorded, chat_state_recorded),
+        TurnCompleted: _handler(TurnCompleted, turn_completed),
+        TurnFailed: _handler(TurnFailed, turn_failed),
+    }
+)

@@ -5,33 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
-from persona.projector import PROJECTION_TABLES, project
+from persona.projector import (
+    PROJECTION_TABLES,
+    Progress,
+    Projector,
+    clear_projections,
+    replay_log,
+)
 from persona.storage.db import connect
-from persona.storage.eventlog import count_events, read_events
+from persona.storage.eventlog import count_events
 from persona.storage.migrations import migrate
-
-Progress = Callable[[int], None]
-
-
-def clear_projections(conn: sqlite3.Connection) -> None:
-    """Empty every projection table (the FTS index included); the log is untouched."""
-    for table in PROJECTION_TABLES:
-        conn.execute(f"DELETE FROM {table}")
-    conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('delete-all')")
-
-
-def replay(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
-    """Fold every event, in order, into the (empty) projections. Returns the count."""
-    count = 0
-    for event in read_events(conn):
-        project(conn, event)
-        count += 1
-        if progress is not None:
-            progress(1)
-    return count
 
 
 def rebuild(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
@@ -39,7 +24,7 @@ def rebuild(conn: sqlite3.Connection, progress: Progress | None = None) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         clear_projections(conn)
-        count = replay(conn, progress)
+        count = replay_log(conn, progress)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -90,7 +75,7 @@ def verify(
         live_digests = projection_digests(live)
         scratch = connect(scratch_path)
         try:
-            migrate(scratch)
+            migrate(scratch, rebuild=Projector().rebuild)
             scratch.execute("ATTACH DATABASE ? AS live", (str(db_path),))
             scratch.execute("BEGIN IMMEDIATE")
             scratch.execute("INSERT INTO main.events SELECT * FROM live.events ORDER BY seq")
@@ -98,7 +83,7 @@ def verify(
             scratch.execute("DETACH DATABASE live")
             assert count_events(scratch) == count_events(live)
             scratch.execute("BEGIN IMMEDIATE")
-            replay(scratch, progress)
+            replay_log(scratch, progress)
             scratch.execute("COMMIT")
             replayed = projection_digests(scratch)
         finally:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
-
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-# (event type, stored schema version) -> function returning the next version's payload.
-UPCASTERS: Mapping[tuple[str, int], Upcaster] = {}
+from persona.events import CATALOG, Catalog, EventPayload
 
 
 class ConcurrencyError(RuntimeError):
@@ -24,10 +20,9 @@ class ConcurrencyError(RuntimeError):
 class NewEvent:
     """An event about to be appended: what happened, who decided it, in which stream."""
 
-    type: str
+    payload: EventPayload
     stream_id: str
     actor: str
-    payload: dict[str, Any]
     trace_id: str | None = None
     parent_event_id: str | None = None
     chat_time: str | None = None
@@ -36,7 +31,11 @@ class NewEvent:
     tokens_out: int | None = None
     latency_ms: float | None = None
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def type(self) -> str:
+        """The event type, named by the payload's class."""
+        return self.payload.event_type
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class Event:
     actor: str
     type: str
     schema_version: int
-    payload: dict[str, Any]
+    payload: EventPayload
     model: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -74,7 +73,7 @@ class Event:
             "actor": self.actor,
             "type": self.type,
             "schema_version": self.schema_version,
-            "payload": self.payload,
+            "payload": self.payload.to_json(),
             "model": self.model,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
@@ -115,7 +114,7 @@ def insert_events(
                 )
             versions[new.stream_id] = current
         versions[new.stream_id] += 1
-        payload_json = json.dumps(new.payload, sort_keys=True, ensure_ascii=False)
+        payload_json = json.dumps(new.payload.to_json(), sort_keys=True, ensure_ascii=False)
         cursor = conn.execute(
             "INSERT INTO events (event_id, stream_id, stream_version, trace_id,"
             " parent_event_id, wall_time, chat_time, actor, type, schema_version, payload,"
@@ -131,7 +130,7 @@ def insert_events(
                 new.chat_time or wall_time,
                 new.actor,
                 new.type,
-                new.schema_version,
+                new.payload.version,
                 payload_json,
                 new.model,
                 new.tokens_in,
@@ -151,8 +150,8 @@ def insert_events(
                 chat_time=new.chat_time or wall_time,
                 actor=new.actor,
                 type=new.type,
-                schema_version=new.schema_version,
-                payload=json.loads(payload_json),
+                schema_version=new.payload.version,
+                payload=new.payload,
                 model=new.model,
                 tokens_in=new.tokens_in,
                 tokens_out=new.tokens_out,
@@ -162,23 +161,9 @@ def insert_events(
     return stored
 
 
-def _upcast(
-    event_type: str,
-    version: int,
-    payload: dict[str, Any],
-    upcasters: Mapping[tuple[str, int], Upcaster],
-) -> tuple[int, dict[str, Any]]:
-    while (event_type, version) in upcasters:
-        payload = upcasters[(event_type, version)](payload)
-        version += 1
-    return version, payload
-
-
-def row_to_event(
-    row: sqlite3.Row | tuple[Any, ...], upcasters: Mapping[tuple[str, int], Upcaster] = UPCASTERS
-) -> Event:
-    """Build an Event from a row of `events`, upcasting old payload versions."""
-    version, payload = _upcast(row[9], row[10], json.loads(row[11]), upcasters)
+def row_to_event(row: sqlite3.Row | tuple[Any, ...], catalog: Catalog = CATALOG) -> Event:
+    """Build an Event from a row of `events`, upcasting its payload to the current version."""
+    payload = catalog.decode(row[9], row[10], json.loads(row[11]))
     return Event(
         seq=row[0],
         event_id=row[1],
@@ -190,7 +175,7 @@ def row_to_event(
         chat_time=row[7],
         actor=row[8],
         type=row[9],
-        schema_version=version,
+        schema_version=payload.version,
         payload=payload,
         model=row[12],
         tokens_in=row[13],
@@ -206,7 +191,7 @@ def read_events(
     trace_id: str | None = None,
     stream_id: str | None = None,
     batch: int = 1000,
-    upcasters: Mapping[tuple[str, int], Upcaster] = UPCASTERS,
+    catalog: Catalog = CATALOG,
 ) -> Iterator[Event]:
     """Iterate events in global order, optionally filtered by trace or stream."""
     where: list[str] = ["seq > ?"]
@@ -227,7 +212,7 @@ def read_events(
         if not rows:
             return
         for row in rows:
-            yield row_to_event(row, upcasters)
+            yield row_to_event(row, catalog)
         last = rows[-1][0]
 
 

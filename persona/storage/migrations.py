@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,9 @@ from persona.config import PROJECT_ROOT
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# A migration that reshapes projection tables says so on a line of its own; the log is
+# then replayed into the new tables in the same transaction as the DDL.
+REBUILD_MARK = "-- persona: rebuild-projections"
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,11 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def rebuilds(self) -> bool:
+        """Whether applying it requires replaying the log into the projections."""
+        return any(line.strip() == REBUILD_MARK for line in self.sql.splitlines())
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -81,11 +90,16 @@ def backup(conn: sqlite3.Connection, db_path: Path) -> Path:
 
 
 def migrate(
-    conn: sqlite3.Connection, db_path: Path | None = None, directory: Path = MIGRATIONS_DIR
+    conn: sqlite3.Connection,
+    db_path: Path | None = None,
+    rebuild: Callable[[sqlite3.Connection], object] | None = None,
+    directory: Path = MIGRATIONS_DIR,
 ) -> list[int]:
     """Apply pending migrations, each with its bookkeeping row in one transaction.
 
-    Before touching a non-empty database, back it up beside `db_path`.
+    Before touching a non-empty database, back it up beside `db_path`. When a pending
+    migration reshapes projections, every pending migration and `rebuild(conn)` run in
+    one transaction: a crash leaves either the old schema or new, filled projections.
     Returns the versions applied (empty when already current: idempotent).
     """
     done = applied_versions(conn)
@@ -94,21 +108,26 @@ def migrate(
         return []
     if db_path is not None and not _is_empty(conn):
         backup(conn, db_path)
+    together = rebuild is not None and any(m.rebuilds for m in pending)
+    groups = [pending] if together else [[m] for m in pending]
     applied = []
-    for migration in pending:
+    for group in groups:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in split_statements(migration.sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, datetime.now(UTC).isoformat()),
-            )
+            for migration in group:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(UTC).isoformat()),
+                )
+            if together and rebuild is not None:
+                rebuild(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        applied.append(migration.version)
+        applied.extend(m.version for m in group)
     return applied
 
 

@@ -1,24 +1,72 @@
-"""Read-side queries over the projections (plain SQL, one function each)."""
+"""Read-side queries over the projections (plain SQL, one function each).
+
+SQLite specifics (FTS5 query syntax, bm25's sign and scale, recursive CTEs) stay in this
+module: callers get plain rows and plain scores.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from persona.events import ChatState
+from persona.storage.eventlog import Event, read_events
+
+
+@dataclass(frozen=True)
+class PersonaRow:
+    """A persona as the stages see it."""
+
+    persona_id: str
+    name: str
+    description: str
+    genesis: str
+    traits: dict[str, float]
+    created_at: str
+    updated_at: str
+    turn_count: int
+
+
+@dataclass(frozen=True)
+class PathTurn:
+    """One completed turn on a chat's active path."""
+
+    turn_id: str
+    user_message: str
+    reply: str
+    depth: int
+
+
+@dataclass(frozen=True)
+class MemoryHit:
+    """A memory candidate; `lexical` is 0..1 relative to the best match (None: not matched)."""
+
+    memory_id: str
+    content: str
+    importance: float
+    created_at: str
+    chat_id: str | None
+    lexical: float | None
 
 
 def _dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
-def get_persona(conn: sqlite3.Connection, persona_id: str) -> dict[str, Any] | None:
-    """One persona row, traits decoded."""
-    row = _dict(
-        conn.execute("SELECT * FROM persona WHERE persona_id = ?", (persona_id,)).fetchone()
-    )
-    if row is not None:
-        row["traits"] = json.loads(row["traits"])
-    return row
+# ---- personas -----------------------------------------------------------------------------
+
+
+def get_persona(conn: sqlite3.Connection, persona_id: str) -> PersonaRow | None:
+    """One persona."""
+    row = conn.execute("SELECT * FROM persona WHERE persona_id = ?", (persona_id,)).fetchone()
+    if row is None:
+        return None
+    data = dict(row)
+    data["traits"] = json.loads(data["traits"])
+    return PersonaRow(**data)
 
 
 def list_personas(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -26,8 +74,11 @@ def list_personas(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute("SELECT * FROM persona ORDER BY created_at, persona_id")]
 
 
+# ---- chats and the turn tree ----------------------------------------------------------------
+
+
 def get_chat(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any] | None:
-    """One chat row."""
+    """One chat row (with its head turn)."""
     return _dict(conn.execute("SELECT * FROM chats WHERE chat_id = ?", (chat_id,)).fetchone())
 
 
@@ -41,52 +92,62 @@ def list_chats(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]
     ]
 
 
-def chat_messages(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]:
-    """Every message of a chat in order, with its turn's status."""
+# The ancestors of a turn, itself included: the active path when started from the head.
+_PATH = (
+    "WITH RECURSIVE path(turn_id, parent_turn_id) AS ("
+    " SELECT turn_id, parent_turn_id FROM turns WHERE turn_id = ?"
+    " UNION ALL"
+    " SELECT t.turn_id, t.parent_turn_id FROM turns t JOIN path p ON t.turn_id = p.parent_turn_id)"
+)
+
+
+def active_path(conn: sqlite3.Connection, from_turn_id: str | None, limit: int) -> list[PathTurn]:
+    """The last `limit` turns of the path ending at `from_turn_id`, oldest first."""
+    if from_turn_id is None or limit <= 0:
+        return []
+    rows = conn.execute(
+        f"{_PATH} SELECT t.turn_id, t.user_message, t.reply, t.depth FROM turns t"
+        " JOIN path USING (turn_id) WHERE t.status = 'completed'"
+        " ORDER BY t.depth DESC LIMIT ?",
+        (from_turn_id, limit),
+    ).fetchall()
+    return [PathTurn(r[0], r[1], r[2], r[3]) for r in reversed(rows)]
+
+
+def head_turn(conn: sqlite3.Connection, chat_id: str) -> tuple[str, int] | None:
+    """The chat's head turn and its depth (None before its first completed turn)."""
+    row = conn.execute(
+        "SELECT t.turn_id, t.depth FROM chats c JOIN turns t ON t.turn_id = c.head_turn_id"
+        " WHERE c.chat_id = ?",
+        (chat_id,),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def conversation(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]:
+    """What the chat shows: the active path, plus unfinished or failed turns hanging off it.
+
+    Ordered by depth, then by when each turn started.
+    """
+    head = conn.execute("SELECT head_turn_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
+    head_id = head[0] if head else None
     return [
         dict(r)
         for r in conn.execute(
-            "SELECT m.*, t.status AS turn_status, t.trace_id AS trace_id, t.error AS turn_error"
-            " FROM messages m"
-            " JOIN turns t ON t.turn_id = m.turn_id WHERE m.chat_id = ? ORDER BY m.position",
-            (chat_id,),
+            f"{_PATH} SELECT t.turn_id, t.trace_id, t.parent_turn_id, t.depth, t.status,"
+            " t.user_message, t.reply, t.error FROM turns t"
+            " WHERE t.chat_id = ? AND (t.turn_id IN (SELECT turn_id FROM path)"
+            "  OR (t.status != 'completed' AND (t.parent_turn_id IS NULL"
+            "      OR t.parent_turn_id IN (SELECT turn_id FROM path))))"
+            " ORDER BY t.depth, t.started_seq",
+            (head_id, chat_id),
         )
     ]
 
 
-def turn_count(conn: sqlite3.Connection, chat_id: str) -> int:
-    """How many turns a chat has had (completed, failed or running)."""
-    return int(
-        conn.execute("SELECT COUNT(*) FROM turns WHERE chat_id = ?", (chat_id,)).fetchone()[0]
-    )
-
-
-def recent_history(conn: sqlite3.Connection, chat_id: str, turns: int) -> list[dict[str, Any]]:
-    """The last `turns` completed exchanges of a chat, oldest first (failed turns left out)."""
-    rows = conn.execute(
-        "SELECT turn_id, user_message, reply FROM turns WHERE chat_id = ? AND status = 'completed'"
-        " ORDER BY turn_index DESC LIMIT ?",
-        (chat_id, turns),
-    ).fetchall()
-    return [dict(r) for r in reversed(rows)]
-
-
 def get_turn(conn: sqlite3.Connection, turn_id: str) -> dict[str, Any] | None:
-    """One turn, meta decoded."""
-    row = _dict(conn.execute("SELECT * FROM turns WHERE turn_id = ?", (turn_id,)).fetchone())
-    if row is not None and row["meta"]:
-        row["meta"] = json.loads(row["meta"])
-    return row
-
-
-def last_completed_turn(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any] | None:
-    """The newest completed turn of a chat (for the state drawer)."""
-    row = conn.execute(
-        "SELECT turn_id FROM turns WHERE chat_id = ? AND status = 'completed'"
-        " ORDER BY turn_index DESC LIMIT 1",
-        (chat_id,),
-    ).fetchone()
-    return get_turn(conn, row[0]) if row else None
+    """One turn."""
+    return _dict(conn.execute("SELECT * FROM turns WHERE turn_id = ?", (turn_id,)).fetchone())
 
 
 def unfinished_turns(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -100,55 +161,79 @@ def unfinished_turns(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     ]
 
 
-def core_memory(conn: sqlite3.Connection, persona_id: str) -> dict[str, Any] | None:
+def chat_state(conn: sqlite3.Connection, turn_id: str | None) -> ChatState | None:
+    """The state snapshot a completed turn left (None for none, e.g. a 0.1.0 turn)."""
+    if turn_id is None:
+        return None
+    row = conn.execute("SELECT state FROM chat_state WHERE turn_id = ?", (turn_id,)).fetchone()
+    return ChatState.model_validate_json(row[0]) if row else None
+
+
+def trace_events(conn: sqlite3.Connection, trace_id: str) -> list[Event]:
+    """Every event of one turn, in order, typed."""
+    return list(read_events(conn, trace_id=trace_id))
+
+
+# ---- memory -------------------------------------------------------------------------------
+
+
+def core_memory(conn: sqlite3.Connection, persona_id: str) -> MemoryHit | None:
     """The persona's L3 core memory (its genesis text)."""
-    return _dict(
-        conn.execute(
-            "SELECT * FROM memory WHERE persona_id = ? AND kind = 'core' ORDER BY created_at"
-            " LIMIT 1",
-            (persona_id,),
-        ).fetchone()
-    )
+    row = conn.execute(
+        "SELECT memory_id, content, importance, created_at, chat_id FROM memory"
+        " WHERE persona_id = ? AND kind = 'core' ORDER BY created_at LIMIT 1",
+        (persona_id,),
+    ).fetchone()
+    return MemoryHit(row[0], row[1], row[2], row[3], row[4], None) if row else None
+
+
+def _fts_match(terms: Sequence[str]) -> str | None:
+    # Each term quoted: no FTS5 syntax can be injected through a message.
+    quoted = ['"' + t.replace('"', "") + '"' for t in terms if t.replace('"', "")]
+    return " OR ".join(quoted) if quoted else None
 
 
 def search_memories(
-    conn: sqlite3.Connection, persona_id: str, match: str, limit: int
-) -> list[dict[str, Any]]:
-    """Episodic memories matching an FTS5 query, with their BM25 score (lower is better)."""
+    conn: sqlite3.Connection, persona_id: str, terms: Sequence[str], limit: int
+) -> list[MemoryHit]:
+    """Episodic memories matching any term, best first, `lexical` scaled so the best is 1."""
+    match = _fts_match(terms)
+    if match is None:
+        return []
+    rows = conn.execute(
+        "SELECT m.memory_id, m.content, m.importance, m.created_at, m.chat_id,"
+        " bm25(memory_fts) AS bm25 FROM memory_fts JOIN memory m ON m.rowid = memory_fts.rowid"
+        " WHERE memory_fts MATCH ? AND m.persona_id = ? AND m.kind = 'episodic'"
+        " ORDER BY bm25 LIMIT ?",
+        (match, persona_id, limit),
+    ).fetchall()
+    # SQLite's bm25() is negative, more negative is better.
+    best = max((-r[5] for r in rows), default=0.0)
     return [
-        dict(r)
-        for r in conn.execute(
-            "SELECT m.memory_id, m.content, m.importance, m.created_at, m.chat_id,"
-            " bm25(memory_fts) AS bm25 FROM memory_fts JOIN memory m ON m.rowid = memory_fts.rowid"
-            " WHERE memory_fts MATCH ? AND m.persona_id = ? AND m.kind = 'episodic'"
-            " ORDER BY bm25 LIMIT ?",
-            (match, persona_id, limit),
-        )
+        MemoryHit(r[0], r[1], r[2], r[3], r[4], (-r[5] / best) if best > 0 else 0.0) for r in rows
     ]
 
 
-def recent_memories(conn: sqlite3.Connection, persona_id: str, limit: int) -> list[dict[str, Any]]:
+def recent_memories(conn: sqlite3.Connection, persona_id: str, limit: int) -> list[MemoryHit]:
     """The newest episodic memories of a persona."""
-    return [
-        dict(r)
-        for r in conn.execute(
-            "SELECT memory_id, content, importance, created_at, chat_id, NULL AS bm25 FROM memory"
-            " WHERE persona_id = ? AND kind = 'episodic' ORDER BY created_at DESC, rowid DESC"
-            " LIMIT ?",
-            (persona_id, limit),
-        )
-    ]
+    rows = conn.execute(
+        "SELECT memory_id, content, importance, created_at, chat_id FROM memory"
+        " WHERE persona_id = ? AND kind = 'episodic' ORDER BY created_at DESC, rowid DESC"
+        " LIMIT ?",
+        (persona_id, limit),
+    ).fetchall()
+    return [MemoryHit(r[0], r[1], r[2], r[3], r[4], None) for r in rows]
 
 
 def count_memories(conn: sqlite3.Connection, persona_id: str | None = None) -> int:
     """How many memories (of one persona, or all)."""
     if persona_id is None:
         return int(conn.execute("SELECT COUNT(*) FROM memory").fetchone()[0])
-    return int(
-        conn.execute("SELECT COUNT(*) FROM memory WHERE persona_id = ?", (persona_id,)).fetchone()[
-            0
-        ]
-    )
+    row = conn.execute("SELECT COUNT(*) FROM memory WHERE persona_id = ?", (persona_id,))
+    return int(row.fetchone()[0])
+
+
+# ---- relationships and telemetry ----------------------------------------------------------
 
 
 def get_edge(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> dict[str, Any] | None:
@@ -158,22 +243,20 @@ def get_edge(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> dict[str
     )
 
 
+def edge_weight(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> float | None:
+    """The weight of one edge (None when it does not exist yet)."""
+    row = conn.execute("SELECT weight FROM edge WHERE edge_id = ?", (f"{src}|{rel}|{dst}",))
+    found = row.fetchone()
+    return float(found[0]) if found else None
+
+
 def telemetry_history(conn: sqlite3.Connection, chat_id: str, limit: int) -> list[dict[str, Any]]:
     """The last telemetry rows of a chat, oldest first."""
     rows = conn.execute(
-        "SELECT * FROM telemetry WHERE chat_id = ? ORDER BY turn_index DESC LIMIT ?",
+        "SELECT * FROM telemetry WHERE chat_id = ? ORDER BY recorded_at DESC, trace_id LIMIT ?",
         (chat_id, limit),
     ).fetchall()
     return [dict(r) for r in reversed(rows)]
-
-
-def previous_user_messages(conn: sqlite3.Connection, chat_id: str, limit: int) -> list[str]:
-    """The chat's last user messages (for novelty)."""
-    rows = conn.execute(
-        "SELECT user_message FROM turns WHERE chat_id = ? ORDER BY turn_index DESC LIMIT ?",
-        (chat_id, limit),
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def classifier_failures(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from persona.pipeline.runner import TurnFailed
+from persona.errors import TurnFailed
 from persona.storage import queries
-from persona.storage.eventlog import read_events
 from persona.web.deps import EngineDep
 from persona.web.schemas import ID_PATTERN, ChatRequest, ChatResponse, ErrorBody
 from persona.web.turns import build_request, chat_events, turn_stream
@@ -47,7 +46,9 @@ async def chat(body: ChatRequest, engine: EngineDep) -> Any:
         result = await asyncio.shield(handle.result)
     except TurnFailed as exc:
         return JSONResponse(status_code=502, content={"error": str(exc), "trace_id": exc.trace_id})
-    return {k: result[k] for k in ("reply", "meta", "session_id", "turn_id")}
+    return ChatResponse(
+        reply=result.reply, meta=result.meta, session_id=result.session_id, turn_id=result.turn_id
+    )
 
 
 @router.post(
@@ -79,8 +80,21 @@ async def session_history(session_id: SessionId, engine: EngineDep) -> Any:
     chat = await engine.store.read(queries.get_chat, session_id)
     if chat is None:
         return JSONResponse(status_code=404, content={"error": f"unknown session {session_id!r}"})
-    messages = await engine.store.read(queries.chat_messages, session_id)
-    return {"chat": chat, "messages": messages}
+    turns = await engine.store.read(queries.conversation, session_id)
+    return {"chat": chat, "messages": messages_of(turns)}
+
+
+def messages_of(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The active branch as messages, oldest first (a failed turn has only its user's)."""
+    out: list[dict[str, Any]] = []
+    for t in turns:
+        common = {"turn_id": t["turn_id"], "trace_id": t["trace_id"], "turn_status": t["status"]}
+        out.append({"role": "user", "content": t["user_message"], **common})
+        if t["reply"] is not None:
+            out.append({"role": "assistant", "content": t["reply"], **common})
+        if t["error"] is not None:
+            out[-1]["turn_error"] = t["error"]
+    return out
 
 
 @router.get("/persona/traces/{trace_id}", responses={404: {"model": ErrorBody}})
@@ -88,9 +102,7 @@ async def trace(
     trace_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], engine: EngineDep
 ) -> Any:
     """Every event of one turn, in order."""
-    events = await engine.store.read(
-        lambda c: [e.public() for e in read_events(c, trace_id=trace_id)]
-    )
+    events = [e.public() for e in await engine.store.read(queries.trace_events, trace_id)]
     if not events:
         return JSONResponse(status_code=404, content={"error": f"unknown trace {trace_id!r}"})
     return {"trace_id": trace_id, "events": events}

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona.config import PROJECT_ROOT, Settings
 from persona.engine import Engine
-from persona.pipeline.runner import ChatConflict, PersonaNotFound
+from persona.errors import ChatConflict, PersonaNotFound
 from persona.version import ENGINE_VERSION
 from persona.web import api, pages
 

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from persona.engine import Engine
+from persona.errors import ChatConflict, PersonaNotFound
 from persona.pipeline.broadcast import TurnEvent
-from persona.pipeline.runner import ChatConflict, PersonaNotFound
+from persona.pipeline.meta import build_meta
 from persona.storage import queries
 from persona.web.deps import EngineDep
 from persona.web.schemas import ID_PATTERN, MAX_MESSAGE_CHARS, ChatRequest
@@ -39,22 +40,28 @@ def valid_id(value: str) -> bool:
 # ---- read side: the data a page or fragment shows -------------------------------------------
 
 
-def group_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fold a chat's messages into turns: user text, reply, status, and the error of failures."""
-    turns: dict[str, dict[str, Any]] = {}
-    for m in messages:
-        turn = turns.setdefault(
-            m["turn_id"],
-            {
-                "trace_id": m["trace_id"],
-                "user": "",
-                "reply": None,
-                "status": m["turn_status"],
-                "error": m["turn_error"],
-            },
-        )
-        turn["user" if m["role"] == "user" else "reply"] = m["content"]
-    return list(turns.values())
+def view_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation's turns as the template shows them."""
+    return [
+        {
+            "trace_id": r["trace_id"],
+            "user": r["user_message"],
+            "reply": r["reply"],
+            "status": r["status"],
+            "error": r["error"],
+        }
+        for r in rows
+    ]
+
+
+def head_meta(conn: sqlite3.Connection, chat: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The meta of the chat's head turn (the drawer), built from its events."""
+    if chat is None or chat["head_turn_id"] is None:
+        return None
+    turn = queries.get_turn(conn, chat["head_turn_id"])
+    if turn is None:
+        return None
+    return build_meta(queries.trace_events(conn, turn["trace_id"])).model_dump(mode="json")
 
 
 def chat_view(
@@ -66,7 +73,6 @@ def chat_view(
     persona = queries.get_persona(conn, chosen)
     if persona is None:
         return None
-    last = queries.last_completed_turn(conn, chat_id)
     return {
         "session_id": chat_id,
         "title": chat["title"] if chat else "New chat",
@@ -74,8 +80,8 @@ def chat_view(
         # A new chat remembers a chosen persona until its first turn creates it.
         "persona_id_field": persona_id if chat is None else None,
         "chats": queries.list_chats(conn, RECENT_CHATS),
-        "turns": group_turns(queries.chat_messages(conn, chat_id)),
-        "meta": last["meta"] if last else None,
+        "turns": view_turns(queries.conversation(conn, chat_id)),
+        "meta": head_meta(conn, chat),
         "max_chars": MAX_MESSAGE_CHARS,
     }
 

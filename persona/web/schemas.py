@@ -14,6 +14,8 @@ from pydantic import (
     field_validator,
 )
 
+from persona.pipeline.meta import Meta
+
 ID_PATTERN = r"^[A-Za-z0-9_:.\-]{1,128}$"
 MAX_MESSAGE_CHARS = 32000
 
@@ -56,7 +58,7 @@ class ChatResponse(BaseModel):
     """What POST /persona/chat returns."""
 
     reply: str
-    meta: dict[str, Any]
+    meta: Meta
     session_id: str
     turn_id: str
 

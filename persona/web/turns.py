@@ -29,10 +29,10 @@ async def build_request(engine: Engine, body: ChatRequest) -> TurnRequest:
     gen = GenOptions(
         temperature=float(body.gen.temperature)
         if body.gen and body.gen.temperature is not None
-        else settings.temperature,
+        else settings.generation.temperature,
         max_tokens=body.gen.max_tokens
         if body.gen and body.gen.max_tokens is not None
-        else settings.max_tokens,
+        else settings.generation.max_tokens,
     )
     return TurnRequest(
         message=body.message,

@@ -1,3 +1,5 @@
+-- index chats_recent
+CREATE INDEX chats_recent ON chats (updated_at);
 -- index events_trace
 CREATE INDEX events_trace ON events (trace_id);
 -- index events_type
@@ -6,19 +8,31 @@ CREATE INDEX events_type ON events (type);
 CREATE INDEX memory_persona ON memory (persona_id, kind);
 -- index memory_recent
 CREATE INDEX memory_recent ON memory (persona_id, kind, created_at);
--- index messages_chat
-CREATE INDEX messages_chat ON messages (chat_id, position);
+-- index memory_turn
+CREATE INDEX memory_turn ON memory (turn_id);
+-- index messages_turn
+CREATE INDEX messages_turn ON messages (turn_id);
 -- index turns_chat
-CREATE INDEX turns_chat ON turns (chat_id, turn_index);
+CREATE INDEX turns_chat ON turns (chat_id, started_seq);
+-- index turns_parent
+CREATE INDEX turns_parent ON turns (parent_turn_id);
+-- table chat_state
+CREATE TABLE chat_state (
+    turn_id     TEXT PRIMARY KEY,   -- the completed turn this snapshot follows
+    chat_id     TEXT NOT NULL,
+    state       TEXT NOT NULL,      -- JSON of events.ChatState
+    recorded_at TEXT NOT NULL
+);
 -- table chats
 CREATE TABLE chats (
-    chat_id     TEXT PRIMARY KEY,
-    persona_id  TEXT NOT NULL,
-    user_id     TEXT NOT NULL,
-    title       TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    turn_count  INTEGER NOT NULL DEFAULT 0
+    chat_id      TEXT PRIMARY KEY,
+    persona_id   TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    title        TEXT NOT NULL,
+    head_turn_id TEXT,              -- newest completed turn of the active branch
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    turn_count   INTEGER NOT NULL DEFAULT 0
 );
 -- table classifier_failures
 CREATE TABLE classifier_failures (
@@ -71,6 +85,7 @@ CREATE TABLE memory (
     content     TEXT NOT NULL,
     importance  REAL NOT NULL,
     chat_id     TEXT,
+    turn_id     TEXT,               -- the turn that wrote it (NULL for core)
     trace_id    TEXT,
     created_at  TEXT NOT NULL
 );
@@ -91,10 +106,9 @@ CREATE TABLE 'memory_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
 CREATE TABLE 'memory_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
 -- table messages
 CREATE TABLE messages (
-    message_id  TEXT PRIMARY KEY,
+    message_id  TEXT PRIMARY KEY,   -- the event that said it
     chat_id     TEXT NOT NULL,
     turn_id     TEXT NOT NULL,
-    position    INTEGER NOT NULL,
     role        TEXT NOT NULL,      -- user | assistant
     content     TEXT NOT NULL,
     created_at  TEXT NOT NULL
@@ -117,7 +131,7 @@ CREATE TABLE telemetry (
     trace_id        TEXT PRIMARY KEY,
     chat_id         TEXT NOT NULL,
     persona_id      TEXT NOT NULL,
-    turn_index      INTEGER NOT NULL,
+    turn_id         TEXT,
     c               REAL NOT NULL,
     n               REAL NOT NULL,
     m               REAL NOT NULL,
@@ -128,17 +142,18 @@ CREATE TABLE telemetry (
 );
 -- table turns
 CREATE TABLE turns (
-    turn_id      TEXT PRIMARY KEY,
-    chat_id      TEXT NOT NULL,
-    trace_id     TEXT NOT NULL UNIQUE,
-    turn_index   INTEGER NOT NULL,
-    status       TEXT NOT NULL,     -- started | completed | failed
-    user_message TEXT NOT NULL,
-    reply        TEXT,
-    error        TEXT,
-    meta         TEXT,              -- JSON meta of a completed turn
-    started_at   TEXT NOT NULL,
-    ended_at     TEXT
+    turn_id        TEXT PRIMARY KEY,
+    chat_id        TEXT NOT NULL,
+    trace_id       TEXT NOT NULL UNIQUE,
+    parent_turn_id TEXT,             -- NULL for a chat's first turn
+    depth          INTEGER NOT NULL, -- parent's depth + 1
+    started_seq    INTEGER NOT NULL, -- seq of turn.started: order among siblings
+    status         TEXT NOT NULL,    -- started | completed | failed
+    user_message   TEXT NOT NULL,
+    reply          TEXT,
+    error          TEXT,
+    started_at     TEXT NOT NULL,
+    ended_at       TEXT
 );
 -- trigger events_no_delete
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events

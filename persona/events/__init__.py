@@ -1,0 +1,102 @@
+"""The event catalog: one frozen payload model per event type, each with its version.
+
+Everything that writes or reads an event payload uses these models; `CATALOG` decodes
+stored payloads (upcasting old versions) and lists every type the projector must fold.
+"""
+
+from persona.events.base import (
+    Catalog,
+    EventPayload,
+    Model,
+    UnknownEventType,
+    Upcaster,
+    UpcastError,
+)
+from persona.events.chat import (
+    ChatStarted,
+    ChatStateRecorded,
+    Generation,
+    PromptMessage,
+    ReplyCompleted,
+    ReplyUsage,
+    TurnCompleted,
+    TurnFailed,
+    TurnStarted,
+)
+from persona.events.decisions import (
+    Budget,
+    ClassifierFailed,
+    ClassifierInfo,
+    CoreMemory,
+    GateDecision,
+    MemoryRetrieval,
+    Metacognition,
+    Perception,
+    RetrievedMemory,
+    Safety,
+    Telemetry,
+    Workspace,
+)
+from persona.events.memory import MemoryWritten
+from persona.events.persona import PersonaCreated
+from persona.events.relationship import EdgeAsserted
+from persona.events.state import ChatState
+from persona.events.telemetry import TelemetryRecorded
+
+# Every event type, in the order a turn produces them (an explicit tuple, not a registry).
+EVENT_TYPES: tuple[type[EventPayload], ...] = (
+    PersonaCreated,
+    ChatStarted,
+    TurnStarted,
+    Perception,
+    ClassifierFailed,
+    MemoryRetrieval,
+    Workspace,
+    Metacognition,
+    ReplyCompleted,
+    MemoryWritten,
+    EdgeAsserted,
+    TelemetryRecorded,
+    ChatStateRecorded,
+    TurnCompleted,
+    TurnFailed,
+)
+
+CATALOG = Catalog(EVENT_TYPES)
+
+__all__ = [
+    "CATALOG",
+    "EVENT_TYPES",
+    "Budget",
+    "Catalog",
+    "ChatStarted",
+    "ChatState",
+    "ChatStateRecorded",
+    "ClassifierFailed",
+    "ClassifierInfo",
+    "CoreMemory",
+    "EdgeAsserted",
+    "EventPayload",
+    "GateDecision",
+    "Generation",
+    "MemoryRetrieval",
+    "MemoryWritten",
+    "Metacognition",
+    "Model",
+    "Perception",
+    "PersonaCreated",
+    "PromptMessage",
+    "ReplyCompleted",
+    "ReplyUsage",
+    "RetrievedMemory",
+    "Safety",
+    "Telemetry",
+    "TelemetryRecorded",
+    "TurnCompleted",
+    "TurnFailed",
+    "TurnStarted",
+    "UnknownEventType",
+    "UpcastError",
+    "Upcaster",
+    "Workspace",
+]

@@ -1,0 +1,137 @@
+"""Events of a chat's stream (`chat:<id>`): the chat, its turns, replies and state."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from persona.events.base import EventPayload, Model
+from persona.events.state import ChatState
+
+
+class ChatStarted(EventPayload):
+    """A chat between a persona and a user began."""
+
+    event_type: ClassVar[str] = "chat.started"
+
+    chat_id: str
+    persona_id: str
+    user_id: str
+    title: str
+
+
+class Generation(Model):
+    """The generation options a turn ran with."""
+
+    temperature: float
+    max_tokens: int
+
+
+def _turn_started_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
+    # 0.1.0 chats were linear and counted turns (failed ones too). Such a turn has no
+    # recorded parent: `linear` tells the projector to attach it to the chat's head.
+    p = dict(p)
+    p.pop("turn_index", None)
+    p.update(parent_turn_id=None, depth=0, linear=True)
+    p.setdefault("engine_version", "0.1.0")
+    return p
+
+
+class TurnStarted(EventPayload):
+    """The user sent a message; a turn began on top of `parent_turn_id`."""
+
+    event_type: ClassVar[str] = "turn.started"
+    version: ClassVar[int] = 2
+    upcasters = MappingProxyType({1: _turn_started_v1_to_v2})
+
+    turn_id: str
+    chat_id: str
+    persona_id: str
+    user_id: str
+    parent_turn_id: str | None = Field(description="None for a chat's first turn")
+    depth: int = Field(ge=0, description="the parent's depth + 1 (0 for the first turn)")
+    message: str
+    reward_signal: float = 0.0
+    gen: Generation
+    backend: str
+    model: str = ""
+    config_hash: str
+    engine_version: str = ""
+    build_sha: str = ""
+    linear: bool = Field(
+        default=False,
+        description="written before turns had parents: attach to the chat's head on replay",
+    )
+
+
+class PromptMessage(Model):
+    """One message of the prompt as the model saw it."""
+
+    role: str
+    content: str
+
+
+class ReplyUsage(Model):
+    """Token counts the backend reported (or counted) for the reply."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ReplyCompleted(EventPayload):
+    """The speaker finished a whole reply (never written for a broken one)."""
+
+    event_type: ClassVar[str] = "reply.completed"
+
+    turn_id: str
+    chat_id: str
+    reply: str
+    prompt: list[PromptMessage]
+    usage: ReplyUsage
+    first_token_ms: float
+    generation_ms: float
+
+
+class ChatStateRecorded(EventPayload):
+    """The chat-scoped state after a completed turn (read by the turns that follow it)."""
+
+    event_type: ClassVar[str] = "chat_state.recorded"
+
+    turn_id: str
+    chat_id: str
+    state: ChatState
+
+
+def _turn_completed_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
+    # 0.1.0 stored the whole meta here; meta is now derived from the turn's events.
+    p = dict(p)
+    p.pop("meta", None)
+    return p
+
+
+class TurnCompleted(EventPayload):
+    """A turn ended with a reply; it becomes the chat's head."""
+
+    event_type: ClassVar[str] = "turn.completed"
+    version: ClassVar[int] = 2
+    upcasters = MappingProxyType({1: _turn_completed_v1_to_v2})
+
+    turn_id: str
+    chat_id: str
+    persona_id: str
+    reply: str
+
+
+class TurnFailed(EventPayload):
+    """A turn ended without a reply (model failure, crash, shutdown, interruption)."""
+
+    event_type: ClassVar[str] = "turn.failed"
+
+    turn_id: str
+    chat_id: str
+    persona_id: str
+    stage: str
+    error: str
+    partial_reply_chars: int = 0

@@ -1,0 +1,231 @@
+"""The `meta` record of a turn: a pure function of the turn's events.
+
+The same function serves the JSON API, the state drawer and any trace view. `meta_v1`
+is a stable compact contract for clients: add keys, never rename.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona.events import (
+    Budget,
+    ChatState,
+    ChatStateRecorded,
+    EdgeAsserted,
+    EventPayload,
+    GateDecision,
+    MemoryRetrieval,
+    MemoryWritten,
+    Metacognition,
+    Perception,
+    ReplyCompleted,
+    Telemetry,
+    TurnCompleted,
+    TurnStarted,
+    Workspace,
+)
+from persona.storage.eventlog import Event
+
+META_VERSION = 2
+
+P = TypeVar("P", bound=EventPayload)
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MetaSafety(_Meta):
+    """The safety verdict of the turn."""
+
+    total_risk: float
+    override: bool
+
+
+class MetaRetrieved(_Meta):
+    """A retrieved memory, its score parts, and whether it got into the prompt."""
+
+    memory_id: str
+    score: float
+    lexical: float
+    recency: float
+    importance: float
+    used: bool
+    content: str = Field(description="the first 280 characters")
+
+
+class MetaMemory(_Meta):
+    """What the memory stage searched for, found and wrote."""
+
+    query: str | None
+    core: str | None
+    retrieved: list[MetaRetrieved]
+    written: str | None
+
+
+class MetaEdge(_Meta):
+    """A relationship edge the turn moved."""
+
+    src: str
+    rel: str
+    dst: str
+    weight: float
+
+
+class MetaLLM(_Meta):
+    """The speaker's model call."""
+
+    backend: str
+    model: str
+    first_token_ms: float
+    generation_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class MetaV1(_Meta):
+    """The stable compact meta every client can rely on."""
+
+    trace_id: str
+    intent: dict[str, float]
+    dialogue_state: str
+    telemetry: Telemetry
+    safety: MetaSafety
+    decision_candidates: list[GateDecision]
+    memory: MetaMemory
+    timing_ms: dict[str, float] = Field(description="per stage, in pipeline order")
+    meta_version: int
+    engine_version: str
+    build_sha: str
+    config_hash: str
+
+
+class Meta(MetaV1):
+    """Every decision of a completed turn (never null in a reply)."""
+
+    turn_id: str
+    session_id: str
+    persona_id: str
+    parent_turn_id: str | None
+    depth: int
+    top_intent: str
+    ooc: bool
+    importance: float
+    token_budget: Budget
+    edges: list[MetaEdge]
+    llm: MetaLLM
+    state: ChatState
+    meta_v1: MetaV1
+
+
+class IncompleteTurn(ValueError):
+    """The events given do not hold a completed turn."""
+
+
+def _one(events: Sequence[Event], kind: type[P]) -> tuple[Event, P]:
+    for e in events:
+        if isinstance(e.payload, kind):
+            return e, e.payload
+    raise IncompleteTurn(f"no {kind.event_type} event in the turn")
+
+
+def timing(events: Sequence[Event]) -> dict[str, float]:
+    """Milliseconds per stage in pipeline order, and `overhead_total` outside the model.
+
+    `begin` is recorded on turn.started, each stage on its event, `speaker` on
+    reply.completed and `post` (post-reply decisions) on turn.completed.
+    """
+    out: dict[str, float] = {}
+    for e in events:
+        if e.latency_ms is None:
+            continue
+        if isinstance(e.payload, TurnStarted):
+            out["begin"] = e.latency_ms
+        elif isinstance(e.payload, ReplyCompleted):
+            out["speaker"] = e.latency_ms
+        elif isinstance(e.payload, TurnCompleted):
+            out["post"] = e.latency_ms
+        elif isinstance(e.payload, (Perception, MemoryRetrieval, Workspace, Metacognition)):
+            out[e.actor] = e.latency_ms
+    if out:
+        out["overhead_total"] = round(sum(v for k, v in out.items() if k != "speaker"), 3)
+    return out
+
+
+def build_meta(events: Sequence[Event]) -> Meta:
+    """Assemble meta from a completed turn's events (IncompleteTurn otherwise)."""
+    _, started = _one(events, TurnStarted)
+    _, perception = _one(events, Perception)
+    _, memory = _one(events, MemoryRetrieval)
+    _, gating = _one(events, Workspace)
+    _, metacog = _one(events, Metacognition)
+    reply_event, reply = _one(events, ReplyCompleted)
+    _one(events, TurnCompleted)
+    written = next((e.payload for e in events if isinstance(e.payload, MemoryWritten)), None)
+    state = next((e.payload for e in events if isinstance(e.payload, ChatStateRecorded)), None)
+    edges = [
+        MetaEdge(src=p.src, rel=p.rel, dst=p.dst, weight=round(p.weight, 4))
+        for e in events
+        if isinstance(p := e.payload, EdgeAsserted)
+    ]
+    selected = set(gating.selected_memories)
+    trace_id = reply_event.trace_id or ""
+    v1 = MetaV1(
+        trace_id=trace_id,
+        intent=perception.intent,
+        dialogue_state=metacog.dialogue_state,
+        telemetry=metacog.telemetry,
+        safety=MetaSafety(
+            total_risk=perception.safety.total_risk, override=perception.safety.override
+        ),
+        decision_candidates=gating.candidates,
+        memory=MetaMemory(
+            query=memory.query,
+            core=memory.core.memory_id if memory.core else None,
+            retrieved=[
+                MetaRetrieved(
+                    memory_id=m.memory_id,
+                    score=m.score,
+                    lexical=m.lexical,
+                    recency=m.recency,
+                    importance=m.importance,
+                    used=m.memory_id in selected,
+                    content=m.content[:280],
+                )
+                for m in memory.results
+            ],
+            written=written.memory_id if written else None,
+        ),
+        timing_ms=timing(events),
+        meta_version=META_VERSION,
+        engine_version=started.engine_version,
+        build_sha=started.build_sha,
+        config_hash=started.config_hash,
+    )
+    return Meta(
+        **v1.model_dump(),
+        turn_id=started.turn_id,
+        session_id=started.chat_id,
+        persona_id=started.persona_id,
+        parent_turn_id=started.parent_turn_id,
+        depth=started.depth,
+        top_intent=perception.top_intent,
+        ooc=perception.ooc,
+        importance=perception.importance,
+        token_budget=gating.budget,
+        edges=edges,
+        llm=MetaLLM(
+            backend=started.backend,
+            model=reply_event.model or started.model,
+            first_token_ms=reply.first_token_ms,
+            generation_ms=reply.generation_ms,
+            prompt_tokens=reply.usage.prompt_tokens,
+            completion_tokens=reply.usage.completion_tokens,
+        ),
+        state=state.state if state else ChatState(),
+        meta_v1=v1,
+    )

@@ -1,0 +1,132 @@
+"""Post-reply stages: work not needed for the first token, recorded with the reply.
+
+Each decides inside the writer's transaction (persona-scoped state such as a
+relationship edge is read there, so concurrent chats of one persona never lose an
+update) and returns the events to append atomically with the reply and completion.
+"""
+
+from __future__ import annotations
+
+from persona.events import (
+    ChatStateRecorded,
+    EdgeAsserted,
+    MemoryWritten,
+    Metacognition,
+    Perception,
+    TelemetryRecorded,
+    Workspace,
+)
+from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, TurnContext
+from persona.pipeline.state import step
+
+# The relationship edge a turn's reward_signal moves.
+AFFINITY_REL = "talks_with"
+
+
+def episodic_id(turn_id: str) -> str:
+    """The id of the episodic memory a turn writes (links memory and turn)."""
+    return f"ep:{turn_id}"
+
+
+class EpisodicWrite:
+    """Remember the exchange as an episodic memory of the persona."""
+
+    name = "episodic"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        return [
+            Emit(
+                MemoryWritten(
+                    memory_id=episodic_id(ctx.turn_id),
+                    persona_id=ctx.request.persona_id,
+                    kind="episodic",
+                    chat_id=ctx.request.chat_id,
+                    turn_id=ctx.turn_id,
+                    content=(
+                        f"User said: {ctx.request.message}\n{ctx.persona.name} replied: {ctx.reply}"
+                    ),
+                    importance=ctx.need(Perception).importance,
+                )
+            )
+        ]
+
+
+def affinity(previous: float | None, signal: float, rate: float) -> float:
+    """The persona→user affinity after a reward: an EMA that starts from 0."""
+    return (1.0 - rate) * (previous or 0.0) + rate * signal
+
+
+class Relationship:
+    """Move the persona→user affinity edge toward this turn's reward_signal."""
+
+    name = "relationship"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        src, dst = f"persona:{ctx.request.persona_id}", f"user:{ctx.request.user_id}"
+        previous = persona.edge_weight(src, AFFINITY_REL, dst)
+        rate = env.settings.relationship.affinity_rate
+        signal = ctx.request.reward_signal
+        return [
+            Emit(
+                EdgeAsserted(
+                    persona_id=ctx.request.persona_id,
+                    src=src,
+                    rel=AFFINITY_REL,
+                    dst=dst,
+                    weight=affinity(previous, signal, rate),
+                    previous_weight=previous,
+                    signal=signal,
+                    rate=rate,
+                    turn_id=ctx.turn_id,
+                ),
+                scope="persona",
+            )
+        ]
+
+
+class TelemetryRecord:
+    """Record the turn's telemetry row (dashboards read it)."""
+
+    name = "telemetry"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        metacog = ctx.need(Metacognition)
+        return [
+            Emit(
+                TelemetryRecorded(
+                    chat_id=ctx.request.chat_id,
+                    persona_id=ctx.request.persona_id,
+                    turn_id=ctx.turn_id,
+                    telemetry=metacog.telemetry,
+                    dialogue_state=metacog.dialogue_state,
+                )
+            )
+        ]
+
+
+class StateStep:
+    """Record the chat state this turn leaves for the turns that continue from it."""
+
+    name = "state"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        state = step(
+            ctx.parent_state,
+            ctx.need(Perception),
+            ctx.need(Workspace),
+            ctx.need(Metacognition),
+            ctx.request.reward_signal,
+            env.settings.metacognition.reward_ema,
+        )
+        return [
+            Emit(ChatStateRecorded(turn_id=ctx.turn_id, chat_id=ctx.request.chat_id, state=state))
+        ]
+
+
+# The built-in post-reply stages, in order (registered like the pre-reply ones).
+DEFAULT_POST_STAGES: tuple[PostStage, ...] = (
+    EpisodicWrite(),
+    Relationship(),
+    TelemetryRecord(),
+    StateStep(),
+)

@@ -1,0 +1,336 @@
+"""One turn's own life: begin, the stages, the reply, then complete or fail.
+
+Only this module (and recovery) appends events for a turn; stages get a read-only view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from persona.errors import PersonaNotFound, TurnFailed
+from persona.events import (
+    ChatStarted,
+    ChatState,
+    EventPayload,
+    Generation,
+    TurnCompleted,
+    TurnStarted,
+)
+from persona.events import TurnFailed as TurnFailedEvent
+from persona.llm.base import LLMError
+from persona.pipeline.context import (
+    PostStage,
+    Stage,
+    StageEnv,
+    StageOutput,
+    TurnContext,
+    TurnRequest,
+)
+from persona.pipeline.meta import Meta, build_meta
+from persona.pipeline.speaker import SpeakerStage
+from persona.storage import queries
+from persona.storage.eventlog import Event, NewEvent
+from persona.storage.store import Store, WriteTx
+
+log = logging.getLogger(__name__)
+
+# A delta callback: the runner broadcasts each streamed chunk.
+OnDelta = Callable[[str], None]
+
+
+def chat_stream(chat_id: str) -> str:
+    """The stream a chat's events go on."""
+    return f"chat:{chat_id}"
+
+
+def persona_stream(persona_id: str) -> str:
+    """The stream persona-scoped events go on (several chats write it)."""
+    return f"persona:{persona_id}"
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """A completed turn: the reply and its meta."""
+
+    reply: str
+    meta: Meta
+    session_id: str
+    turn_id: str
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who runs turns: recorded on every turn.started."""
+
+    backend: str
+    model: str
+    config_hash: str
+    engine_version: str
+    build_sha: str
+
+
+class _WriterView:
+    """Persona-scoped reads on the writer's own transaction (post-reply stages)."""
+
+    def __init__(self, tx: WriteTx):
+        self._tx = tx
+
+    def edge_weight(self, src: str, rel: str, dst: str) -> float | None:
+        return self._tx.read(queries.edge_weight, src, rel, dst)
+
+
+def _begin_reads(
+    conn: sqlite3.Connection, request: TurnRequest, window: int
+) -> tuple[
+    queries.PersonaRow | None,
+    dict[str, Any] | None,
+    tuple[str, int] | None,
+    ChatState | None,
+    list[queries.PathTurn],
+]:
+    persona = queries.get_persona(conn, request.persona_id)
+    chat = queries.get_chat(conn, request.chat_id)
+    head = queries.head_turn(conn, request.chat_id)
+    head_id = head[0] if head else None
+    return (
+        persona,
+        chat,
+        head,
+        queries.chat_state(conn, head_id),
+        queries.active_path(conn, head_id, window),
+    )
+
+
+class Turn:
+    """Runs one turn end to end; every decision becomes an event under its trace_id."""
+
+    def __init__(
+        self,
+        store: Store,
+        env: StageEnv,
+        stages: Sequence[Stage],
+        speaker: SpeakerStage,
+        post_stages: Sequence[PostStage],
+        identity: Identity,
+        request: TurnRequest,
+        trace_id: str,
+        turn_id: str,
+    ):
+        self.store = store
+        self.env = env
+        self.stages = stages
+        self.speaker = speaker
+        self.post_stages = post_stages
+        self.identity = identity
+        self.request = request
+        self.trace_id = trace_id
+        self.turn_id = turn_id
+        self.events: list[Event] = []
+        self._started: Event | None = None
+
+    def _event(self, payload: EventPayload, actor: str, **envelope: Any) -> NewEvent:
+        return NewEvent(
+            payload=payload,
+            stream_id=chat_stream(self.request.chat_id),
+            actor=actor,
+            trace_id=self.trace_id,
+            parent_event_id=self._started.event_id if self._started else None,
+            **envelope,
+        )
+
+    async def begin(self) -> TurnContext:
+        """Read the parent turn and its state, record turn.started (and chat.started)."""
+        t0 = time.perf_counter()
+        request, settings = self.request, self.env.settings
+        window = max(settings.gating.history_turns, settings.metacognition.novelty_window)
+        persona, chat, head, state, path = await self.store.read(_begin_reads, request, window)
+        if persona is None:  # resolve() checked it; personas are never removed
+            raise PersonaNotFound(f"unknown persona_id {request.persona_id!r}")
+        parent_id, depth = (head[0], head[1] + 1) if head else (None, 0)
+        history = path[-settings.gating.history_turns :] if settings.gating.history_turns else []
+        ctx = TurnContext(
+            request=request,
+            trace_id=self.trace_id,
+            turn_id=self.turn_id,
+            parent_turn_id=parent_id,
+            depth=depth,
+            now=self.store.clock.now(),
+            persona=persona,
+            parent_state=state or ChatState(turns=len(path)),
+            history=history,
+            recent_user_messages=[p.user_message for p in path],
+        )
+        new = []
+        if chat is None:
+            new.append(
+                self._event(
+                    ChatStarted(
+                        chat_id=request.chat_id,
+                        persona_id=request.persona_id,
+                        user_id=request.user_id,
+                        title=" ".join(request.message.split())[:60] or "chat",
+                    ),
+                    "runner",
+                )
+            )
+        started = TurnStarted(
+            turn_id=self.turn_id,
+            chat_id=request.chat_id,
+            persona_id=request.persona_id,
+            user_id=request.user_id,
+            parent_turn_id=parent_id,
+            depth=depth,
+            message=request.message,
+            reward_signal=request.reward_signal,
+            gen=Generation(temperature=request.gen.temperature, max_tokens=request.gen.max_tokens),
+            backend=self.identity.backend,
+            model=self.identity.model,
+            config_hash=self.identity.config_hash,
+            engine_version=self.identity.engine_version,
+            build_sha=self.identity.build_sha,
+        )
+        new.append(self._event(started, "runner", latency_ms=_ms(t0)))
+        stored = await self.store.append(new)
+        self._started = stored[-1]
+        self.events.append(stored[-1])
+        return ctx
+
+    async def run_stages(self, ctx: TurnContext) -> None:
+        """Each pre-reply stage decides in order; each decision is appended as it lands."""
+        for stage in self.stages:
+            self.failing_stage = stage.name
+            t0 = time.perf_counter()
+            out: StageOutput = await stage.run(ctx, self.env)
+            ctx.record(out.decision)
+            call = out.call
+            events = [
+                self._event(
+                    out.decision,
+                    stage.name,
+                    latency_ms=_ms(t0),
+                    model=call.model if call else None,
+                    tokens_in=call.tokens_in if call else None,
+                    tokens_out=call.tokens_out if call else None,
+                )
+            ]
+            events += [self._event(extra, stage.name) for extra in out.extra]
+            self.events += await self.store.append(events)
+
+    async def speak(self, ctx: TurnContext, on_delta: OnDelta) -> None:
+        """Stream the reply; then record it with the post-reply work, atomically."""
+        self.failing_stage = self.speaker.name
+        t0 = time.perf_counter()
+        prompt, response = self.speaker.start(ctx, self.env)
+        async for chunk in response:
+            ctx.reply += chunk
+            on_delta(chunk)
+        ctx.reply = response.full_text
+        speaker_ms = _ms(t0)
+        reply = self._event(
+            self.speaker.decision(ctx, prompt, response),
+            self.speaker.name,
+            model=self.identity.model,
+            tokens_in=response.usage.prompt_tokens,
+            tokens_out=response.usage.completion_tokens,
+            latency_ms=speaker_ms,
+        )
+        self.failing_stage = "post"
+        self.events += await self.store.transact(lambda tx: self._complete(tx, ctx, reply))
+
+    def _complete(self, tx: WriteTx, ctx: TurnContext, reply: NewEvent) -> list[Event]:
+        # Runs in the writer thread: persona-scoped state is read and decided here, in the
+        # same transaction that records it, so concurrent chats never lose an update.
+        t0 = time.perf_counter()
+        view = _WriterView(tx)
+        pstream = persona_stream(ctx.request.persona_id)
+        events = [reply]
+        for stage in self.post_stages:
+            for emit in stage.decide(ctx, self.env, view):
+                event = self._event(emit.payload, stage.name)
+                if emit.scope == "persona":
+                    event = NewEvent(
+                        payload=event.payload,
+                        stream_id=pstream,
+                        actor=event.actor,
+                        trace_id=event.trace_id,
+                        parent_event_id=event.parent_event_id,
+                    )
+                events.append(event)
+        done = TurnCompleted(
+            turn_id=ctx.turn_id,
+            chat_id=ctx.request.chat_id,
+            persona_id=ctx.request.persona_id,
+            reply=ctx.reply,
+        )
+        events.append(self._event(done, "runner", latency_ms=_ms(t0)))
+        return tx.append(events, {pstream: tx.stream_version(pstream)})
+
+    def result(self) -> TurnResult:
+        """The completed turn's reply and meta (built from its events)."""
+        meta = build_meta(self.events)
+        return TurnResult(
+            meta_reply(self.events), meta, self.request.chat_id, self.turn_id, self.trace_id
+        )
+
+    async def fail(self, stage: str, error: str, partial_chars: int) -> None:
+        """Record the turn as failed (never a half answer)."""
+        await self.store.append(
+            [
+                self._event(
+                    TurnFailedEvent(
+                        turn_id=self.turn_id,
+                        chat_id=self.request.chat_id,
+                        persona_id=self.request.persona_id,
+                        stage=stage,
+                        error=error,
+                        partial_reply_chars=partial_chars,
+                    ),
+                    "runner",
+                )
+            ]
+        )
+
+    failing_stage: str = "runner"
+
+    async def execute(
+        self, on_start: Callable[[TurnContext], None], on_delta: OnDelta
+    ) -> TurnResult:
+        """Begin, run every stage, speak, complete; record a failure as turn.failed."""
+        ctx = await self.begin()
+        on_start(ctx)
+        try:
+            await self.run_stages(ctx)
+            await self.speak(ctx, on_delta)
+            return self.result()
+        except LLMError as exc:
+            await self.fail(self.failing_stage, f"LLM failed: {exc}", len(ctx.reply))
+            raise TurnFailed(f"LLM failed: {exc}", self.trace_id) from exc
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self.fail(self.failing_stage, "cancelled: server shutting down", len(ctx.reply))
+            )
+            raise
+        except Exception as exc:
+            log.exception("stage %s failed in turn %s", self.failing_stage, self.trace_id)
+            stage = self.failing_stage
+            await self.fail(stage, f"internal error in {stage}", len(ctx.reply))
+            raise TurnFailed(f"internal error in {stage}", self.trace_id) from exc
+
+
+def meta_reply(events: Sequence[Event]) -> str:
+    """The reply text of a completed turn's events."""
+    for e in events:
+        if isinstance(e.payload, TurnCompleted):
+            return e.payload.reply
+    raise ValueError("the turn has no turn.completed event")
