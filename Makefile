@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check persona tests bench
 	$(BIN)/ruff format --check persona tests bench
 	$(BIN)/mypy persona
+	$(BIN)/mypy --strict persona/pipeline persona/events
 
 format: $(STAMP)
 	$(BIN)/ruff format persona tests bench

@@ -104,7 +104,7 @@ def test_an_unknown_event_type_in_the_log_is_refused_on_read(conn):
         "INSERT INTO events (event_id, stream_id, stream_version, wall_time, actor, type,"
         " payload) VALUES ('x', 's', 1, 'now', 'x', 'no.such.event', '{}')"
     )
-    with pytest.raises(UnknownEventType, match="no.such.event"):
+    with pytest.raises(UnknownEventType, match=r"no\.such\.event"):
         list(read_events(conn))
 
 

@@ -134,7 +134,7 @@ class LocalBackend(Backend):
                         max_tokens=options.max_tokens,
                     )
                     try:
-                        for chunk in chunks:  # type: ignore[union-attr]
+                        for chunk in chunks:
                             if stop.is_set():
                                 break
                             delta: Any = chunk["choices"][0]["delta"]  # type: ignore[index]

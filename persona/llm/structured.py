@@ -120,9 +120,7 @@ def _required(model: type[T]) -> type[T]:
                 examples=info.examples,
             ),
         )
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        model.__name__, __base__=model, __doc__=model.__doc__, **fields
-    )
+    return create_model(model.__name__, __base__=model, __doc__=model.__doc__, **fields)
 
 
 def _short(exc: Exception) -> str:

@@ -65,4 +65,11 @@ class Projector:
         return replay_log(conn)
 
 
-__all__ = ["PROJECTION_TABLES", "Progress", "Projector", "clear_projections", "project", "replay_log"]
+__all__ = [
+    "PROJECTION_TABLES",
+    "Progress",
+    "Projector",
+    "clear_projections",
+    "project",
+    "replay_log",
+]

@@ -110,7 +110,7 @@ def migrate(
         backup(conn, db_path)
     together = rebuild is not None and any(m.rebuilds for m in pending)
     groups = [pending] if together else [[m] for m in pending]
-    applied = []
+    applied: list[int] = []
     for group in groups:
         conn.execute("BEGIN IMMEDIATE")
         try:

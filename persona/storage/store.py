@@ -158,9 +158,11 @@ class Store:
         self, events: list[NewEvent], expected_versions: Mapping[str, int] | None = None
     ) -> list[Event]:
         """Append from synchronous code (start-up, CLI) through the same writer thread."""
-        return self._writer_pool.submit(
-            self._tx, lambda tx: tx.append(events, expected_versions)
-        ).result()
+
+        def append(tx: WriteTx) -> list[Event]:
+            return tx.append(events, expected_versions)
+
+        return self._writer_pool.submit(self._tx, append).result()
 
     def sync_read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a read from synchronous code."""

@@ -1,0 +1,233 @@
+"""Where state lives: persona-scoped state under concurrency, a turn tree, old databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers import run_turn
+
+from persona import cli
+from persona.clock import FixedClock
+from persona.config import Settings
+from persona.engine import Engine
+from persona.events import ChatStarted, Generation, TurnCompleted, TurnStarted
+from persona.llm.base import GenOptions
+from persona.llm.scripted import ScriptedBackend
+from persona.pipeline.context import TurnRequest
+from persona.pipeline.post import affinity
+from persona.projector.replay import projection_digests, rebuild, verify
+from persona.storage import queries
+from persona.storage.db import connect
+from persona.storage.eventlog import NewEvent
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_v0_1_0.db"
+EDGE = ("persona:default", "talks_with", "user:local")
+
+
+async def test_concurrent_turns_in_many_chats_give_the_serial_affinity(engine, backend):
+    backend.delay_s = 0.002  # interleave the turns' streams
+    n = 4
+    handles = [
+        engine.runner.submit(
+            TurnRequest(f"hello from chat {i}", "local", f"c{i}", "default", 1.0, GenOptions())
+        )
+        for i in range(n)
+    ]
+    await asyncio.gather(*(h.result for h in handles))
+    serial = None
+    for _ in range(n):
+        serial = affinity(serial, 1.0, engine.settings.relationship.affinity_rate)
+    edge = await engine.store.read(queries.get_edge, *EDGE)
+    assert edge["weight"] == serial == pytest.approx(0.5904)
+    assert edge["evidence"] == n
+    # Each assertion saw the previous one: the chain of previous weights is unbroken.
+    conn = connect(engine.settings.db_path)
+    try:
+        rows = conn.execute(
+            "SELECT payload FROM events WHERE type = 'edge.asserted' ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    chain = [json.loads(r[0]) for r in rows]
+    assert chain[0]["previous_weight"] is None
+    assert [c["previous_weight"] for c in chain[1:]] == [c["weight"] for c in chain[:-1]]
+
+
+async def test_persona_state_survives_restart_rebuild_and_verify(settings, clock, tmp_path):
+    first = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await first.start()
+    await asyncio.gather(
+        *(run_turn(first, f"hi {i}", chat_id=f"c{i}", reward=0.5) for i in range(3))
+    )
+    await run_turn(first, "and again", chat_id="c0", reward=-1.0)
+    weight = (await first.store.read(queries.get_edge, *EDGE))["weight"]
+    state = await first.store.read(
+        queries.chat_state, (await first.store.read(queries.get_chat, "c0"))["head_turn_id"]
+    )
+    await first.stop()
+
+    second = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await second.start()
+    try:
+        assert (await second.store.read(queries.get_edge, *EDGE))["weight"] == weight
+        head = (await second.store.read(queries.get_chat, "c0"))["head_turn_id"]
+        assert await second.store.read(queries.chat_state, head) == state
+        assert state is not None and state.turns == 2 and state.reward_avg < 0
+    finally:
+        await second.stop()
+    conn = connect(settings.db_path)
+    try:
+        before = projection_digests(conn)
+        rebuild(conn)
+        assert projection_digests(conn) == before
+    finally:
+        conn.close()
+    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
+    assert live == replayed
+
+
+async def test_a_turn_reads_its_parent_turns_state_not_the_newest_row(engine):
+    await run_turn(engine, "I love sailing", reward=1.0)
+    second = (await run_turn(engine, "Tell me more", reward=1.0))["meta"]
+    # R follows the parent's full-precision average: 0.3, then 0.51.
+    assert second["telemetry"]["R"] == round(0.5 + 0.5 * (0.7 * 0.3 + 0.3), 4)
+    assert second["state"]["turns"] == 2 and second["depth"] == 1
+    assert second["state"]["reward_avg"] == pytest.approx(0.51)
+
+
+def _turn(events: list[NewEvent], chat: str, turn: str, parent: str | None, depth: int):
+    events.append(
+        NewEvent(
+            payload=TurnStarted(
+                turn_id=turn,
+                chat_id=chat,
+                persona_id="default",
+                user_id="local",
+                parent_turn_id=parent,
+                depth=depth,
+                message=f"message {turn}",
+                gen=Generation(temperature=0.7, max_tokens=50),
+                backend="scripted",
+                config_hash="h",
+            ),
+            stream_id=f"chat:{chat}",
+            actor="runner",
+            trace_id=f"{turn:0<32}"[:32],
+        )
+    )
+    events.append(
+        NewEvent(
+            payload=TurnCompleted(
+                turn_id=turn, chat_id=chat, persona_id="default", reply=f"reply {turn}"
+            ),
+            stream_id=f"chat:{chat}",
+            actor="runner",
+            trace_id=f"{turn:0<32}"[:32],
+        )
+    )
+
+
+async def test_a_two_branch_tree_and_its_active_path(engine):
+    # a - b - c      (first branch)
+    #      \- d - e  (second branch: the head after e completes)
+    events = [
+        NewEvent(
+            payload=ChatStarted(chat_id="tree", persona_id="default", user_id="local", title="t"),
+            stream_id="chat:tree",
+            actor="runner",
+        )
+    ]
+    _turn(events, "tree", "a", None, 0)
+    _turn(events, "tree", "b", "a", 1)
+    _turn(events, "tree", "c", "b", 2)
+    _turn(events, "tree", "d", "a", 1)
+    _turn(events, "tree", "e", "d", 2)
+    await engine.store.append(events)
+    path = await engine.store.read(queries.active_path, "e", 10)
+    assert [t.turn_id for t in path] == ["a", "d", "e"]
+    assert [t.turn_id for t in await engine.store.read(queries.active_path, "c", 10)] == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert [t.turn_id for t in await engine.store.read(queries.active_path, "e", 2)] == ["d", "e"]
+    chat = await engine.store.read(queries.get_chat, "tree")
+    assert chat["head_turn_id"] == "e"
+    shown = await engine.store.read(queries.conversation, "tree")
+    assert [t["turn_id"] for t in shown] == ["a", "d", "e"]  # the abandoned branch is hidden
+    # The next turn continues the head, and its prompt holds only the active path.
+    meta = (await run_turn(engine, "where were we?", chat_id="tree"))["meta"]
+    assert meta["parent_turn_id"] == "e" and meta["depth"] == 3
+    history = {c["id"] for c in meta["decision_candidates"] if c["kind"] == "history"}
+    assert history == {"a", "d", "e"}
+
+
+async def test_a_failed_turn_is_shown_but_never_becomes_a_parent(engine, backend):
+    from persona.llm.scripted import FailAfter
+
+    first = await run_turn(engine, "hello")
+    backend.enqueue(FailAfter("half a rep", "boom"))
+    with pytest.raises(Exception, match="LLM failed"):
+        await run_turn(engine, "this one fails")
+    third = (await run_turn(engine, "try again"))["meta"]
+    assert third["parent_turn_id"] == first["turn_id"] and third["depth"] == 1
+    shown = await engine.store.read(queries.conversation, "chat-1")
+    assert [(t["user_message"], t["status"]) for t in shown] == [
+        ("hello", "completed"),
+        ("this one fails", "failed"),
+        ("try again", "completed"),
+    ]
+
+
+@pytest.fixture
+def legacy_db(tmp_path: Path) -> Path:
+    target = tmp_path / "legacy.db"
+    shutil.copyfile(LEGACY, target)
+    return target
+
+
+def _legacy_counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT type, COUNT(*) FROM events GROUP BY type").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_a_0_1_0_database_opens_migrates_verifies_and_continues(
+    legacy_db, tmp_path, monkeypatch
+):
+    before = _legacy_counts(legacy_db)
+    settings = Settings(db_path=legacy_db, llm={"provider": "scripted"})
+    engine = Engine(settings, backend=ScriptedBackend(), clock=FixedClock())
+    await engine.start()
+    try:
+        assert list(tmp_path.glob("legacy.db.bak-*")), "backed up before migrating"
+        shown = await engine.store.read(queries.conversation, "legacy-a")
+        assert [t["depth"] for t in shown] == [0, 1, 2, 3, 4, 4, 5]
+        assert [t["status"] for t in shown].count("failed") == 1
+        chat = await engine.store.read(queries.get_chat, "legacy-a")
+        # Old linear turns fold into parents: the path from the head is every completed one.
+        path = await engine.store.read(queries.active_path, chat["head_turn_id"], 50)
+        assert len(path) == 6 and [t.depth for t in path] == [0, 1, 2, 3, 4, 5]
+        mem = await engine.store.read(queries.count_memories, "default")
+        assert mem == 1 + before["memory.written"]
+        # The drawer's meta is rebuilt from 0.1.0 events.
+        from persona.pipeline.meta import build_meta
+
+        head = await engine.store.read(queries.get_turn, chat["head_turn_id"])
+        meta = build_meta(await engine.store.read(queries.trace_events, head["trace_id"]))
+        assert meta.engine_version == "0.1.0" and meta.dialogue_state
+        # The chat continues on top of its old head.
+        result = (await run_turn(engine, "I'm back!", chat_id="legacy-a"))["meta"]
+        assert result["parent_turn_id"] == chat["head_turn_id"] and result["depth"] == 6
+    finally:
+        await engine.stop()
+    assert _legacy_counts(legacy_db)["turn.started"] == before["turn.started"] + 1
+    monkeypatch.setenv("PERSONA_DB_PATH", str(legacy_db))
+    assert cli.main(["verify", "--quiet"]) == 0
