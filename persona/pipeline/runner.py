@@ -24,7 +24,7 @@ from persona.pipeline.recovery import recover
 from persona.pipeline.speaker import SpeakerStage
 from persona.pipeline.turn import Identity, Turn, TurnResult
 from persona.storage import queries
-from persona.storage.store import Store
+from persona.storage.store import ReadOnly, Store
 from persona.version import ENGINE_VERSION, build_sha
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class TurnRunner:
             engine_version=ENGINE_VERSION,
             build_sha=build_sha(),
         )
-        self.env = StageEnv(settings, store, backend, backend.count_tokens)
+        self.env = StageEnv(settings, ReadOnly(store), backend, backend.count_tokens)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 

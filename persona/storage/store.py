@@ -38,6 +38,17 @@ class ReadView(Protocol):
     async def read(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
+class ReadOnly:
+    """A store seen through its read side only: what pipeline stages are given."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a query function in one snapshot (see Store.read)."""
+        return await self._store.read(fn, *args)
+
+
 class WriteTx:
     """One open write transaction: read through it, append through it, atomically."""
 
