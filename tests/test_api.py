@@ -72,9 +72,12 @@ def test_unseen_session_id_starts_a_chat_under_that_id(client):
 
 
 def test_trace_endpoint_lists_the_turns_events(client):
-    trace = client.post("/persona/chat", json={"message": "hi"}).json()["meta"]["trace_id"]
-    types = [e["type"] for e in client.get(f"/persona/traces/{trace}").json()["events"]]
+    meta = client.post("/persona/chat", json={"message": "hi"}).json()["meta"]
+    body = client.get(f"/persona/traces/{meta['trace_id']}").json()
+    types = [e["type"] for e in body["events"]]
     assert types[0] == "chat.started" and types[-1] == "turn.completed"
+    # The same pure function of the events gives the same meta as the reply had.
+    assert body["meta"] == meta
     assert client.get(f"/persona/traces/{'0' * 32}").status_code == 404
 
 
@@ -136,6 +139,8 @@ def test_llm_failure_on_the_json_endpoint_is_a_502_with_trace(client, backend):
     r = client.post("/persona/chat", json={"message": "hi"})
     assert r.status_code == 502
     assert "backend unreachable" in r.json()["error"] and len(r.json()["trace_id"]) == 32
+    trace = client.get(f"/persona/traces/{r.json()['trace_id']}").json()
+    assert trace["events"][-1]["type"] == "turn.failed" and trace["meta"] is None
 
 
 BAD_BODIES = [

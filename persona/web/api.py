@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from persona.errors import TurnFailed
+from persona.pipeline.meta import IncompleteTurn, Meta, build_meta
 from persona.storage import queries
 from persona.web.deps import EngineDep
 from persona.web.schemas import ID_PATTERN, ChatRequest, ChatResponse, ErrorBody
@@ -101,8 +102,16 @@ def messages_of(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def trace(
     trace_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], engine: EngineDep
 ) -> Any:
-    """Every event of one turn, in order."""
-    events = [e.public() for e in await engine.store.read(queries.trace_events, trace_id)]
+    """Every event of one turn, in order, and its meta once it completed (else null)."""
+    events = await engine.store.read(queries.trace_events, trace_id)
     if not events:
         return JSONResponse(status_code=404, content={"error": f"unknown trace {trace_id!r}"})
-    return {"trace_id": trace_id, "events": events}
+    try:
+        meta: Meta | None = build_meta(events)
+    except IncompleteTurn:
+        meta = None
+    return {
+        "trace_id": trace_id,
+        "events": [e.public() for e in events],
+        "meta": meta.model_dump(mode="json") if meta else None,
+    }
