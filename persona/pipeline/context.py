@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from persona.config import Settings
 from persona.errors import MissingDecision
@@ -121,7 +121,7 @@ class Emit:
     """An event a post-reply stage decided; `scope` names the stream it goes on."""
 
     payload: EventPayload
-    scope: str = "chat"  # "chat" or "persona"
+    scope: Literal["chat", "persona"] = "chat"
 
 
 class PostStage(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from persona.events import TurnFailed
+from persona.pipeline.turn import chat_stream
 from persona.storage import queries
 from persona.storage.eventlog import NewEvent
 from persona.storage.store import Store
@@ -24,7 +25,7 @@ async def recover(store: Store) -> int:
                         stage="recovery",
                         error=INTERRUPTED,
                     ),
-                    stream_id=f"chat:{turn['chat_id']}",
+                    stream_id=chat_stream(turn["chat_id"]),
                     actor="runner",
                     trace_id=turn["trace_id"],
                 )

@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from persona.errors import PersonaNotFound, TurnFailed
@@ -138,6 +138,8 @@ class Turn:
         self.turn_id = turn_id
         self.events: list[Event] = []
         self._started: Event | None = None
+        # The stage a failure is blamed on (recorded on turn.failed).
+        self.failing_stage = "runner"
 
     def _event(self, payload: EventPayload, actor: str, **envelope: Any) -> NewEvent:
         return NewEvent(
@@ -259,13 +261,7 @@ class Turn:
             for emit in stage.decide(ctx, self.env, view):
                 event = self._event(emit.payload, stage.name)
                 if emit.scope == "persona":
-                    event = NewEvent(
-                        payload=event.payload,
-                        stream_id=pstream,
-                        actor=event.actor,
-                        trace_id=event.trace_id,
-                        parent_event_id=event.parent_event_id,
-                    )
+                    event = replace(event, stream_id=pstream)
                 events.append(event)
         done = TurnCompleted(
             turn_id=ctx.turn_id,
@@ -300,8 +296,6 @@ class Turn:
                 )
             ]
         )
-
-    failing_stage: str = "runner"
 
     async def execute(
         self, on_start: Callable[[TurnContext], None], on_delta: OnDelta
