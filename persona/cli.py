@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -24,12 +25,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(settings: Settings):  # type: ignore[no-untyped-def]
+def _open(settings: Settings) -> sqlite3.Connection:
+    from persona.projector import Projector
     from persona.storage.db import connect
     from persona.storage.migrations import migrate
 
     conn = connect(settings.db_path)
-    migrate(conn, settings.db_path)
+    # The same migration path as the server's: a reshaping migration replays the log.
+    migrate(conn, settings.db_path, Projector().rebuild)
     return conn
 
 

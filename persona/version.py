@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from persona.config import PROJECT_ROOT
 
-ENGINE_VERSION = "0.1.0"
+ENGINE_VERSION = "0.2.0"
 
 
 @lru_cache(maxsize=1)

@@ -231,3 +231,27 @@ async def test_a_0_1_0_database_opens_migrates_verifies_and_continues(
     assert _legacy_counts(legacy_db)["turn.started"] == before["turn.started"] + 1
     monkeypatch.setenv("PERSONA_DB_PATH", str(legacy_db))
     assert cli.main(["verify", "--quiet"]) == 0
+
+
+def test_the_cli_migrates_a_0_1_0_database_with_a_replay(legacy_db, monkeypatch, capsys):
+    monkeypatch.setenv("PERSONA_DB_PATH", str(legacy_db))
+    assert cli.main(["verify", "--quiet"]) == 0  # migrates (with its replay), then verifies
+    conn = connect(legacy_db)
+    try:
+        assert queries.count_memories(conn, "default") > 1
+        assert len(queries.conversation(conn, "legacy-b")) == 2
+    finally:
+        conn.close()
+
+
+def test_a_reshaping_migration_refuses_to_run_without_its_replay(legacy_db):
+    from persona.storage.migrations import MigrationError, migrate
+
+    conn = connect(legacy_db)
+    try:
+        with pytest.raises(MigrationError, match="rebuild"):
+            migrate(conn, legacy_db)
+        applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        assert applied == {1, 2}  # nothing applied, the old projections intact
+    finally:
+        conn.close()

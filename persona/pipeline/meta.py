@@ -149,7 +149,7 @@ def timing(events: Sequence[Event]) -> dict[str, float]:
             out["speaker"] = e.latency_ms
         elif isinstance(e.payload, TurnCompleted):
             out["post"] = e.latency_ms
-        elif isinstance(e.payload, (Perception, MemoryRetrieval, Workspace, Metacognition)):
+        else:  # a stage's decision (built-in or added), named by its actor
             out[e.actor] = e.latency_ms
     if out:
         out["overhead_total"] = round(sum(v for k, v in out.items() if k != "speaker"), 3)

@@ -1,7 +1,7 @@
 """Perception: what did the user say and mean (intent, safety risk, OOC, importance).
 
 First honest form: weighted lexical and structural cues, turned into a distribution
-over eight intents with a softmax. When `perception_use_classifier` is on, the
+over eight intents with a softmax. When `perception.use_classifier` is on, the
 classifier model's structured answer is blended in (failures fall back to cues only
 and are recorded as `classifier.failed` events).
 """

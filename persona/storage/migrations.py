@@ -77,6 +77,17 @@ def _is_empty(conn: sqlite3.Connection) -> bool:
     return not tables
 
 
+class MigrationError(RuntimeError):
+    """A migration cannot be applied safely as asked."""
+
+
+def _has_events(conn: sqlite3.Connection) -> bool:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+    ).fetchone()
+    return bool(exists) and conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+
+
 def backup(conn: sqlite3.Connection, db_path: Path) -> Path:
     """Copy the live database to a timestamped file beside it (SQLite online backup)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -108,7 +119,13 @@ def migrate(
         return []
     if db_path is not None and not _is_empty(conn):
         backup(conn, db_path)
-    together = rebuild is not None and any(m.rebuilds for m in pending)
+    reshaping = [m.version for m in pending if m.rebuilds]
+    if reshaping and rebuild is None and _has_events(conn):
+        # Applying it without a replay would leave empty projections behind the log.
+        raise MigrationError(
+            f"migrations {reshaping} reshape projections of a non-empty log: pass `rebuild`"
+        )
+    together = rebuild is not None and bool(reshaping)
     groups = [pending] if together else [[m] for m in pending]
     applied: list[int] = []
     for group in groups:
