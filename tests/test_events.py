@@ -24,7 +24,7 @@ from persona.events import (
 )
 from persona.projector import Projector
 from persona.projector.handlers import HANDLERS
-from persona.storage.db import connect, run_in_transaction
+from persona.storage.db import run_in_transaction
 from persona.storage.eventlog import NewEvent, read_events
 from persona.storage.migrations import migrate
 from persona.storage.store import WriteTx
@@ -127,8 +127,8 @@ def test_duplicate_event_types_are_refused():
         Catalog([PersonaCreated, PersonaCreated])
 
 
-def test_upcasting_happens_on_read_and_never_rewrites_the_row(tmp_path):
-    conn = connect(tmp_path / "log.db")
+def test_upcasting_happens_on_read_and_never_rewrites_the_row(tmp_path, db):
+    conn = db(tmp_path / "log.db")
     migrate(conn)
     stored = {"persona_id": "p", "src": "a", "rel": "r", "dst": "b", "weight": 0.25}
     conn.execute(
@@ -141,11 +141,10 @@ def test_upcasting_happens_on_read_and_never_rewrites_the_row(tmp_path):
     assert isinstance(event.payload, EdgeAsserted) and event.schema_version == 2
     raw = conn.execute("SELECT schema_version, payload FROM events").fetchone()
     assert (raw[0], json.loads(raw[1])) == (1, stored)
-    conn.close()
 
 
-def test_new_events_are_written_at_their_current_version(tmp_path):
-    conn = connect(tmp_path / "log.db")
+def test_new_events_are_written_at_their_current_version(tmp_path, db):
+    conn = db(tmp_path / "log.db")
     migrate(conn)
     edge = EdgeAsserted(
         persona_id="p",
@@ -167,4 +166,3 @@ def test_new_events_are_written_at_their_current_version(tmp_path):
     raw = conn.execute("SELECT type, schema_version, payload FROM events").fetchone()
     assert (raw[0], raw[1]) == ("edge.asserted", 2)
     assert json.loads(raw[2]) == edge.to_json()
-    conn.close()

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from helpers import free_port
+from helpers import free_port, read_sse
 
 from persona import cli
 from persona.clock import FixedClock
@@ -19,7 +19,6 @@ from persona.config import Settings
 from persona.engine import Engine
 from persona.llm.scripted import ScriptedBackend
 from persona.storage import queries
-from persona.storage.db import connect
 from persona.storage.eventlog import count_events
 
 pytestmark = [
@@ -32,10 +31,10 @@ pytestmark = [
 ]
 
 
-def _serve(db, port):  # type: ignore[no-untyped-def]
+def _serve(db_path, port):  # type: ignore[no-untyped-def]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")},
-        "PERSONA_DB_PATH": str(db),
+        "PERSONA_DB_PATH": str(db_path),
         "PERSONA_MAX_TOKENS": "400",
         "PERSONA_TEMPERATURE": "1.0",
     }
@@ -56,10 +55,10 @@ def _serve(db, port):  # type: ignore[no-untyped-def]
     raise RuntimeError("server did not start")
 
 
-async def test_sigkill_mid_reply_keeps_the_log_whole(tmp_path, monkeypatch, capsys):
+async def test_sigkill_mid_reply_keeps_the_log_whole(tmp_path, monkeypatch, capsys, db):
     """Runs the real local model in a real `persona serve`, then SIGKILLs it mid-stream."""
-    db, port = tmp_path / "kill.db", free_port()
-    proc = _serve(db, port)
+    path, port = tmp_path / "kill.db", free_port()
+    proc = _serve(path, port)
     try:
         url = f"http://127.0.0.1:{port}"
         done = httpx.post(
@@ -71,8 +70,8 @@ async def test_sigkill_mid_reply_keeps_the_log_whole(tmp_path, monkeypatch, caps
             timeout=60,
             json={"message": "Tell me a long story about the sea.", "session_id": "k"},
         ) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: delta"):
+            for kind, _ in read_sse(r):
+                if kind == "delta":
                     proc.send_signal(signal.SIGKILL)  # no shutdown hooks, no flush
                     break
         proc.wait(timeout=10)
@@ -81,7 +80,7 @@ async def test_sigkill_mid_reply_keeps_the_log_whole(tmp_path, monkeypatch, caps
             proc.kill()
             proc.wait()
 
-    conn = connect(db)
+    conn = db(path)
     events_before = count_events(conn)
     turns = {t["user_message"]: t["status"] for t in map(dict, conn.execute("SELECT * FROM turns"))}
     assert turns == {"Hi!": "completed", "Tell me a long story about the sea.": "started"}
@@ -89,11 +88,11 @@ async def test_sigkill_mid_reply_keeps_the_log_whole(tmp_path, monkeypatch, caps
         conn.execute("SELECT COUNT(*) FROM events WHERE type='turn.completed'").fetchone()[0] == 1
     )
 
-    monkeypatch.setenv("PERSONA_DB_PATH", str(db))
+    monkeypatch.setenv("PERSONA_DB_PATH", str(path))
     assert cli.main(["verify", "--quiet"]) == 0  # projections never behind the log
     capsys.readouterr()
 
-    engine = Engine(Settings(db_path=db), backend=ScriptedBackend(), clock=FixedClock())
+    engine = Engine(Settings(db_path=path), backend=ScriptedBackend(), clock=FixedClock())
     await engine.start()  # recovery records the cut-off turn as failed
     try:
         assert count_events(conn) == events_before + 1

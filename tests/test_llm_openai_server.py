@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Literal
 
@@ -122,12 +121,13 @@ async def test_structured_call_falls_back_after_one_retry(backend: OpenAIBackend
 async def test_closed_port_fails_fast_with_llm_error() -> None:
     backend = make_backend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
     try:
-        started = time.perf_counter()
-        with pytest.raises(LLMError, match=r"127\.0\.0\.1"):
+        with pytest.raises(LLMError, match=r"127\.0\.0\.1") as streamed:
             await backend.stream(HELLO, GREEDY).text()
-        with pytest.raises(LLMError):
+        with pytest.raises(LLMError) as whole:
             await backend.complete(HELLO, GREEDY)
-        assert time.perf_counter() - started < 5
+        # Refused at once, not waited out: neither error is the client's timeout.
+        for exc in (streamed.value, whole.value):
+            assert "timed out" not in str(exc).lower() and "timeout" not in str(exc).lower()
     finally:
         await backend.aclose()
 

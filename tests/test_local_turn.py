@@ -6,11 +6,11 @@ import importlib.util
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import read_sse
 
 from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
-from persona.storage.db import connect
 from persona.storage.eventlog import read_events
 from persona.web.app import create_app
 
@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 
-def test_a_real_turn_streams_from_the_embedded_model(tmp_path):
+def test_a_real_turn_streams_from_the_embedded_model(tmp_path, db):
     """Uses the real local model: slow-ish (about a second), exact text not asserted."""
     settings = Settings(
         db_path=tmp_path / "real.db", llm={"provider": "local"}, generation={"max_tokens": 24}
@@ -34,15 +34,15 @@ def test_a_real_turn_streams_from_the_embedded_model(tmp_path):
         with client.stream(
             "POST", "/persona/chat/stream", json={"message": "Hello! Who are you?"}
         ) as r:
-            lines = [line for line in r.iter_lines() if line.startswith("event:")]
-        assert lines[0] == "event: start" and lines[-1] == "event: done"
-        assert lines.count("event: delta") >= 2  # token by token, not one blob
+            kinds = [kind for kind, _ in read_sse(r)]
+        assert kinds[0] == "start" and kinds[-1] == "done"
+        assert kinds.count("delta") >= 2  # token by token, not one blob
 
         body = client.post("/persona/chat", json={"message": "Say one word about maps."}).json()
     assert body["reply"].strip()
     meta = body["meta"]
     assert meta["llm"]["backend"] == "local" and meta["llm"]["completion_tokens"] > 0
     assert meta["token_budget"]["core"] > 0  # counted with the model's own tokenizer
-    events = list(read_events(connect(settings.db_path), trace_id=meta["trace_id"]))
+    events = list(read_events(db(settings.db_path), trace_id=meta["trace_id"]))
     reply = next(e for e in events if e.type == "reply.completed")
     assert reply.model == "SmolLM2-135M-Instruct" and reply.payload.reply == body["reply"]

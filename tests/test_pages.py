@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import html
 import re
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import LiveServer, wait_until
+from helpers import LiveServer, ReplyGate, read_sse, wait_until
 
 from persona.engine import Engine
 from persona.llm.scripted import FailAfter, ScriptedBackend
@@ -149,25 +148,25 @@ def test_static_assets_are_served_and_pages_reference_no_external_url(client: Te
 def test_post_message_answers_202_at_once_and_the_turn_completes(
     client: TestClient, backend: ScriptedBackend
 ) -> None:
-    backend.delay_s = 0.1
+    gate = ReplyGate(backend)  # the reply cannot start until the test opens the gate
     backend.enqueue("one two three four five six")
     sid = "chat-form-1"
 
-    started = time.monotonic()
     response = client.post(f"/chats/{sid}/messages", data={"message": "hi from the form"})
-    elapsed = time.monotonic() - started
 
+    # Answered while the reply was still held: the form never waits for the turn (if it
+    # did, the gate would time out, the turn would fail and `finished` never come true).
     assert response.status_code == 202
     assert response.text == ""
-    assert elapsed < 0.5  # the reply alone streams for about 0.6 s
+    assert gate.reached.wait(10), "the turn never reached its reply"
 
     def finished() -> list | None:
         history = client.get(f"/persona/chat/{sid}")  # 404 until the turn has started
         messages = history.json()["messages"] if history.status_code == 200 else []
         return messages if messages and messages[-1]["role"] == "assistant" else None
 
-    assert finished() is None  # answered before the reply was done
-
+    assert finished() is None  # the turn is running and has no reply yet
+    gate.open()
     messages = wait_until(finished, timeout=10)
     assert [m["content"] for m in messages] == ["hi from the form", "one two three four five six"]
     assert messages[-1]["turn_status"] == "completed"
@@ -232,32 +231,10 @@ def test_a_chat_of_another_persona_answers_409(client: TestClient) -> None:
 # ---- the stream of HTML fragments -------------------------------------------------------------
 
 
-def read_sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs as a browser's EventSource would assemble them."""
-    name, data = "message", []
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield name, "\n".join(data)
-            name, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-
-
 def collect_turn(response: httpx.Response) -> list[tuple[str, str]]:
-    events = []
-    for event in read_sse(response):
-        events.append(event)
-        if event[0] in ("done", "error"):
-            return events
-    raise AssertionError("stream ended before the turn did")
+    events = list(read_sse(response, as_json=False))
+    assert events and events[-1][0] in ("done", "error"), "stream ended before the turn did"
+    return events
 
 
 def delta_text(events: list[tuple[str, str]], trace_id: str) -> str:

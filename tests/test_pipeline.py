@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from datetime import timedelta
 
 from helpers import run_turn
@@ -29,7 +30,8 @@ TURN_EVENTS = [
 
 
 def _events(engine, trace_id):
-    return list(read_events(connect(engine.settings.db_path), trace_id=trace_id))
+    with closing(connect(engine.settings.db_path)) as conn:
+        return list(read_events(conn, trace_id=trace_id))
 
 
 async def test_every_stage_decision_is_an_event_of_the_turn(engine):
@@ -161,7 +163,8 @@ async def test_turns_on_one_chat_are_serialized(engine, backend):
     ]
     for h in handles:
         await h.result
-    events = list(read_events(connect(engine.settings.db_path), stream_id="chat:c"))
+    with closing(connect(engine.settings.db_path)) as conn:
+        events = list(read_events(conn, stream_id="chat:c"))
     order = [(e.type, e.trace_id) for e in events if e.type in ("turn.started", "turn.completed")]
     expected = []
     for h in handles:

@@ -8,7 +8,6 @@ from helpers import run_turn
 from persona import cli
 from persona.projector.replay import combined, projection_digests, rebuild, verify
 from persona.storage import queries
-from persona.storage.db import connect
 from persona.storage.eventlog import count_events
 
 
@@ -25,9 +24,9 @@ async def _conversation(engine):
     await run_turn(engine, "A second chat about Lisbon", chat_id="chat-2")
 
 
-async def test_fold_builds_every_projection(engine):
+async def test_fold_builds_every_projection(db, engine):
     await _conversation(engine)
-    conn = connect(engine.settings.db_path)
+    conn = db(engine.settings.db_path)
     counts = {
         t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
         for t in (
@@ -70,16 +69,16 @@ async def test_fold_builds_every_projection(engine):
     assert hits[0] == 2
 
 
-async def test_verify_after_a_multi_turn_conversation(engine, tmp_path):
+async def test_verify_after_a_multi_turn_conversation(db, engine, tmp_path):
     await _conversation(engine)
     live, replayed = verify(engine.settings.db_path, tmp_path / "scratch.db")
     assert live == replayed
     assert set(live) >= {"persona", "memory", "edge", "telemetry", "turns", "messages"}
 
 
-async def test_rebuild_restores_the_same_bytes(engine):
+async def test_rebuild_restores_the_same_bytes(db, engine):
     await _conversation(engine)
-    conn = connect(engine.settings.db_path)
+    conn = db(engine.settings.db_path)
     before = projection_digests(conn)
     n = count_events(conn)
     seen = []
@@ -88,12 +87,12 @@ async def test_rebuild_restores_the_same_bytes(engine):
     assert projection_digests(conn) == before
 
 
-async def test_cli_verify_reports_both_digests_and_detects_drift(engine, monkeypatch, capsys):
+async def test_cli_verify_reports_both_digests_and_detects_drift(db, engine, monkeypatch, capsys):
     await _conversation(engine)
     monkeypatch.setenv("PERSONA_DB_PATH", str(engine.settings.db_path))
     assert cli.main(["verify", "--quiet"]) == 0
     out = capsys.readouterr().out
-    conn = connect(engine.settings.db_path)
+    conn = db(engine.settings.db_path)
     digest = combined(projection_digests(conn))
     assert f"live digest:     {digest}" in out and f"replayed digest: {digest}" in out
 
@@ -107,9 +106,9 @@ async def test_cli_verify_reports_both_digests_and_detects_drift(engine, monkeyp
 
 
 @pytest.mark.parametrize("table", ["memory", "telemetry", "chat_state"])
-async def test_dropping_a_projection_row_is_caught(engine, tmp_path, table):
+async def test_dropping_a_projection_row_is_caught(db, engine, tmp_path, table):
     await run_turn(engine, "remember the blue lighthouse")
-    conn = connect(engine.settings.db_path)
+    conn = db(engine.settings.db_path)
     conn.execute(f"DELETE FROM {table} WHERE rowid = (SELECT MAX(rowid) FROM {table})")
     live, replayed = verify(engine.settings.db_path, tmp_path / "scratch.db")
     assert live[table] != replayed[table]

@@ -25,7 +25,6 @@ class ClassifierInfo(Model):
     confidence: float
     attempts: int
     model: str = ""
-    latency_ms: float = 0.0
 
 
 class Perception(EventPayload):

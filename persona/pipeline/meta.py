@@ -176,7 +176,8 @@ def build_meta(events: Sequence[Event]) -> Meta:
     trace_id = reply_event.trace_id or ""
     v1 = MetaV1(
         trace_id=trace_id,
-        intent=perception.intent,
+        # Sorted by name: the same order whether the payload came from memory or the log.
+        intent=dict(sorted(perception.intent.items())),
         dialogue_state=metacog.dialogue_state,
         telemetry=metacog.telemetry,
         safety=MetaSafety(

@@ -311,7 +311,6 @@ class PerceptionStage:
             confidence=result.value.confidence,
             attempts=result.attempts,
             model=model,
-            latency_ms=round(result.latency_ms, 3),
         )
         call = ModelCall(
             model=model,

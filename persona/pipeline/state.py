@@ -21,7 +21,7 @@ def next_reward_avg(previous: float, signal: float, rate: float) -> float:
 def smooth_intents(previous: dict[str, float], current: dict[str, float]) -> dict[str, float]:
     """Blend this turn's intent distribution into the running one (first turn: as is)."""
     if not previous:
-        return dict(current)
+        return dict(sorted(current.items()))
     keys = sorted(set(previous) | set(current))
     a = INTENT_SMOOTHING
     return {k: round(a * current.get(k, 0.0) + (1 - a) * previous.get(k, 0.0), 6) for k in keys}
