@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from persona.clock import Clock
@@ -30,27 +31,37 @@ class Engine:
             backend = make_backend(settings)
         self.backend = backend
         self.broadcaster = Broadcaster()
-        self.runner = TurnRunner(self.store, backend, settings, self.broadcaster)
+        # Set once the backend has loaded (or failed to): turns wait for it, pages show it.
+        self.ready = asyncio.Event()
+        self.runner = TurnRunner(self.store, backend, settings, self.broadcaster, ready=self.ready)
         self.default_persona_id = ""
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the DB (migrating), create the default persona, recover dead turns."""
         applied = self.store.open()
         if applied:
             log.info("applied migrations %s", applied)
-        self.default_persona_id = ensure_persona(
-            self.store, self.settings.data_dir / self.settings.default_persona_file
-        )
+        self.default_persona_id = ensure_persona(self.store, self.settings.default_persona_path())
         recovered = await self.runner.recover()
         if recovered:
             log.warning("marked %d interrupted turn(s) as failed", recovered)
+        # Load the model in the background: the server answers (and shows "warming up")
+        # at once; turns submitted meanwhile wait for it, then run.
+        self._warming = asyncio.create_task(self._warm(), name="persona-warm")
+
+    async def _warm(self) -> None:
         try:
             await self.backend.warm()
         except Exception as exc:  # a broken model must not stop the server: turns report it
             log.error("could not warm the %s backend: %s", self.backend.name, exc)
+        finally:
+            self.ready.set()
 
     async def stop(self) -> None:
         """Let in-flight turns finish, then close the backend and the DB."""
+        if self._warming is not None:
+            await asyncio.wait([self._warming], timeout=60)
         await self.runner.drain()
         await self.backend.aclose()
         self.store.close()

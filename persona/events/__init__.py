@@ -38,7 +38,7 @@ from persona.events.decisions import (
     Workspace,
 )
 from persona.events.memory import MemoryWritten
-from persona.events.persona import PersonaCreated
+from persona.events.persona import PersonaCreated, PersonaFields, PersonaRevised
 from persona.events.relationship import EdgeAsserted
 from persona.events.state import ChatState
 from persona.events.telemetry import TelemetryRecorded
@@ -46,6 +46,7 @@ from persona.events.telemetry import TelemetryRecorded
 # Every event type, in the order a turn produces them (an explicit tuple, not a registry).
 EVENT_TYPES: tuple[type[EventPayload], ...] = (
     PersonaCreated,
+    PersonaRevised,
     ChatStarted,
     TurnStarted,
     Perception,
@@ -85,6 +86,8 @@ __all__ = [
     "Model",
     "Perception",
     "PersonaCreated",
+    "PersonaFields",
+    "PersonaRevised",
     "PromptMessage",
     "ReplyCompleted",
     "ReplyUsage",

@@ -60,6 +60,7 @@ class TurnRunner:
         stages: Sequence[Stage] = DEFAULT_STAGES,
         post_stages: Sequence[PostStage] = DEFAULT_POST_STAGES,
         prompts: PromptSet | None = None,
+        ready: asyncio.Event | None = None,
     ):
         self.store = store
         self.backend = backend
@@ -78,6 +79,7 @@ class TurnRunner:
             build_sha=build_sha(),
         )
         self.env = StageEnv(settings, ReadOnly(store), backend, backend.count_tokens)
+        self.ready = ready
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -123,6 +125,8 @@ class TurnRunner:
     async def _run(self, request: TurnRequest, handle: TurnHandle) -> None:
         lock = self._locks.setdefault(request.chat_id, asyncio.Lock())
         async with lock:
+            if self.ready is not None:
+                await self.ready.wait()  # the model is still loading
             turn = Turn(
                 self.store,
                 self.env,

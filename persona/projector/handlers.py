@@ -23,6 +23,7 @@ from persona.events import (
     Metacognition,
     Perception,
     PersonaCreated,
+    PersonaRevised,
     ReplyCompleted,
     TelemetryRecorded,
     TurnCompleted,
@@ -61,6 +62,26 @@ def persona_created(conn: sqlite3.Connection, e: Event, p: PersonaCreated) -> No
         ),
         e,
     )
+
+
+def persona_revised(conn: sqlite3.Connection, e: Event, p: PersonaRevised) -> None:
+    c = p.current
+    conn.execute(
+        "UPDATE persona SET name = ?, description = ?, genesis = ?, traits = ?, updated_at = ?"
+        " WHERE persona_id = ?",
+        (c.name, c.description, c.genesis, _json(c.traits), _at(e), p.persona_id),
+    )
+    # The core memory follows the genesis (its FTS row too).
+    row = conn.execute(
+        "SELECT rowid, content FROM memory WHERE memory_id = ?", (f"core:{p.persona_id}",)
+    ).fetchone()
+    if row is not None and row[1] != c.genesis:
+        conn.execute(
+            "INSERT INTO memory_fts (memory_fts, rowid, content) VALUES ('delete', ?, ?)",
+            (row[0], row[1]),
+        )
+        conn.execute("UPDATE memory SET content = ? WHERE rowid = ?", (c.genesis, row[0]))
+        conn.execute("INSERT INTO memory_fts (rowid, content) VALUES (?, ?)", (row[0], c.genesis))
 
 
 def chat_started(conn: sqlite3.Connection, e: Event, p: ChatStarted) -> None:
@@ -220,6 +241,7 @@ def _handler(cls: type[P], fn: Callable[[sqlite3.Connection, Event, P], None]) -
 HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
     {
         PersonaCreated: _handler(PersonaCreated, persona_created),
+        PersonaRevised: _handler(PersonaRevised, persona_revised),
         ChatStarted: _handler(ChatStarted, chat_started),
         TurnStarted: _handler(TurnStarted, turn_started),
         Perception: _handler(Perception, record_only),
