@@ -38,7 +38,9 @@ MESSAGES = (
 async def run(turns: int, max_tokens: int) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = _BenchSettings(
-            db_path=Path(tmp) / "local.db", llm_provider="local", max_tokens=max_tokens
+            db_path=Path(tmp) / "local.db",
+            llm={"provider": "local"},
+            generation={"max_tokens": max_tokens},
         )
         engine = Engine(settings)
         await engine.start()
@@ -53,7 +55,8 @@ async def run(turns: int, max_tokens: int) -> list[dict[str, float]]:
                     0.0,
                     GenOptions(max_tokens=max_tokens, temperature=0.7),
                 )
-                meta = (await engine.runner.submit(request).result)["meta"]
+                result = await engine.runner.submit(request).result
+                meta = result.meta.model_dump(mode="json")
                 if i == 0:
                     continue  # warm-up
                 llm = meta["llm"]

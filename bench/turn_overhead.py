@@ -2,7 +2,8 @@
 
 For each store size: seed that many episodic memories through the normal append and
 projection path, run turns through the real pipeline with the scripted backend, and
-report p50/p95 of every stage's `meta["timing_ms"]`. Then time a full `rebuild` of the
+report p50/p95 of every stage's `meta.timing_ms`, of the whole turn as the caller waits
+for it, and of that wall time minus the speaker. Then time a full `rebuild` of the
 largest database. Offline and deterministic (fixed seeds, fixed clocks); speed is
 measured here and never asserted in tests.
 
@@ -29,26 +30,31 @@ from typing import Any
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from persona.clock import FixedClock, iso
-from persona.config import Settings
+from persona.config import LLMSettings, Settings
 from persona.engine import Engine
+from persona.events import MemoryWritten
 from persona.llm.base import GenOptions
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import TurnRequest
-from persona.projector import append_and_project
 from persona.projector.replay import rebuild
 from persona.storage import queries
 from persona.storage.db import connect
 from persona.storage.eventlog import NewEvent, count_events
 
-# The stages whose time is reported; `overhead_total` is everything outside the LLM.
+# The stages whose time the turn records on its events, and `writes` (the appends before
+# the completion); `overhead_total` is their sum without the speaker, so it leaves out
+# only the completion's own append and the request's reads: `outside_llm` has those.
 STAGES: tuple[str, ...] = (
     "perception",
     "memory",
     "gating",
     "metacognition",
     "post",
+    "writes",
     "overhead_total",
 )
+# Every timed column of the stage table, in order.
+COLUMNS: tuple[str, ...] = (*STAGES, "speaker", "turn_wall", "outside_llm")
 DEFAULT_SIZES: tuple[int, ...] = (100, 1_000, 10_000)
 SEED_BATCH = 1_000
 TURNS_PER_CHAT = 10
@@ -155,18 +161,17 @@ def memory_events(
         reply = _fill(rng.choice(REPLY_LINES), rng)
         events.append(
             NewEvent(
-                type="memory.written",
+                payload=MemoryWritten(
+                    memory_id=f"ep:{turn_id}",
+                    persona_id=persona_id,
+                    kind="episodic",
+                    chat_id=chat_id,
+                    turn_id=turn_id,
+                    content=f"User said: {user}\n{persona_name} replied: {reply}",
+                    importance=round(rng.uniform(0.2, 0.9), 4),
+                ),
                 stream_id=f"chat:{chat_id}",
-                actor="memory",
-                payload={
-                    "memory_id": f"ep:{turn_id}",
-                    "persona_id": persona_id,
-                    "kind": "episodic",
-                    "chat_id": chat_id,
-                    "turn_id": turn_id,
-                    "content": f"User said: {user}\n{persona_name} replied: {reply}",
-                    "importance": round(rng.uniform(0.2, 0.9), 4),
-                },
+                actor="episodic",
                 trace_id=f"{rng.getrandbits(128):032x}",
                 chat_time=iso(clock.now()),
                 event_id=f"{rng.getrandbits(128):032x}",
@@ -181,11 +186,10 @@ async def seed(engine: Engine, count: int, rng: random.Random) -> dict[str, floa
     assert persona is not None, "the engine creates its default persona on start"
     step = SEED_SPAN / max(count, 1)
     clock = FixedClock(START + timedelta(minutes=1), step)
-    events = memory_events(persona["persona_id"], persona["name"], count, clock, rng)
+    events = memory_events(persona.persona_id, persona.name, count, clock, rng)
     t0 = time.perf_counter()
     for start in range(0, len(events), SEED_BATCH):
-        batch = events[start : start + SEED_BATCH]
-        await engine.store.write(append_and_project, batch, batch[-1].chat_time)
+        await engine.store.append(events[start : start + SEED_BATCH])
     seconds = time.perf_counter() - t0
     return {
         "events": count,
@@ -208,7 +212,11 @@ def percentile(values: Sequence[float], q: float) -> float:
 async def run_turns(
     engine: Engine, size: int, turns: int, warmup: int, rng: random.Random
 ) -> list[dict[str, float]]:
-    """Run warm-up plus measured turns; return each measured turn's timings in ms."""
+    """Run warm-up plus measured turns; return each measured turn's timings in ms.
+
+    Besides the stages: `turn_wall` is `resolve` + `submit` until the result, as a caller
+    waits for it; `outside_llm` is that minus the speaker, the whole time outside the model.
+    """
     measured = []
     for i in range(warmup + turns):
         chat_id = f"bench-{size}-{i // TURNS_PER_CHAT:03d}"
@@ -221,19 +229,18 @@ async def run_turns(
         wall_ms = (time.perf_counter() - t0) * 1000
         if i < warmup:
             continue
-        timing = dict(result["meta"]["timing_ms"])
+        timing = dict(result.meta.timing_ms)
         timing["turn_wall"] = wall_ms
-        timing["lexical_hits"] = sum(
-            1 for m in result["meta"]["memory"]["retrieved"] if m["lexical"] > 0
-        )
+        timing["outside_llm"] = wall_ms - timing["speaker"]
+        timing["lexical_hits"] = sum(1 for m in result.meta.memory.retrieved if m.lexical > 0)
         measured.append(timing)
     return measured
 
 
 def summarize(timings: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """p50 and p95 of each reported stage, of the speaker and of the whole turn."""
+    """p50 and p95 of each reported stage, of the speaker, of the whole turn and the rest."""
     out = {}
-    for name in (*STAGES, "speaker", "turn_wall"):
+    for name in COLUMNS:
         values = [t[name] for t in timings]
         out[name] = {
             "p50": round(percentile(values, 50), 3),
@@ -266,7 +273,7 @@ async def bench_size(
     """Seed a fresh DB with `size` memories, run the turns, optionally time a rebuild."""
     rng = random.Random(seed_value * 1_000_003 + size)
     db_path = workdir / f"bench-{size}.db"
-    settings = _BenchSettings(db_path=db_path, llm_provider="scripted")
+    settings = _BenchSettings(db_path=db_path, llm=LLMSettings(provider="scripted"))
     clock = FixedClock(START)
     engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
     await engine.start()
@@ -337,11 +344,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "Per-turn time in ms, p50 / p95 (scripted backend, so `speaker` is near zero):",
         "",
-        "| memories | " + " | ".join(STAGES) + " | speaker | turn (wall) |",
-        "|---:|" + "---:|" * (len(STAGES) + 2),
+        "| memories | " + " | ".join(STAGES) + " | speaker | turn (wall) | outside_llm (wall) |",
+        "|---:|" + "---:|" * len(COLUMNS),
     ]
     for r in report["results"]:
-        cells = [_cell(r["stages_ms"][name]) for name in (*STAGES, "speaker", "turn_wall")]
+        cells = [_cell(r["stages_ms"][name]) for name in COLUMNS]
         lines.append(f"| {r['memories']:,} | " + " | ".join(cells) + " |")
     rb = report["rebuild"]
     lines += [

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from persona.config import Settings, get_settings
+from persona.config import Settings, config_file, get_settings
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -25,11 +25,22 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class CommandError(Exception):
+    """A command that cannot run as asked; `main` prints it and exits with status 2."""
+
+
 def _open(settings: Settings) -> sqlite3.Connection:
+    """Open and migrate an existing DB (CommandError when there is none: never create one)."""
     from persona.projector import Projector
     from persona.storage.db import connect
     from persona.storage.migrations import migrate
 
+    if not settings.db_path.is_file():
+        # A mistyped path must not become a fresh empty log that "verifies" fine.
+        raise CommandError(
+            f"no database at {settings.db_path} (check PERSONA_DB_PATH or db_path in the"
+            " config file); nothing was created"
+        )
     conn = connect(settings.db_path)
     # The same migration path as the server's: a reshaping migration replays the log.
     migrate(conn, settings.db_path, Projector().rebuild)
@@ -80,11 +91,16 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the effective configuration (secrets masked) and its hash."""
+    """Print the effective configuration (secrets masked), where its files are, its hash."""
     from persona.pipeline.prompts import PromptSet
 
-    hashed = {**settings.masked(), "config_hash": settings.config_hash(PromptSet.load().sources)}
-    print(json.dumps(hashed, indent=2))
+    shown = {
+        **settings.masked(),
+        "config_file": str(config_file()),
+        "default_persona_path": str(settings.default_persona_path()),
+        "config_hash": settings.config_hash(PromptSet.load().sources),
+    }
+    print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -113,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `persona` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.fn(get_settings(), args))
+    try:
+        return int(args.fn(get_settings(), args))
+    except CommandError as exc:
+        print(f"persona {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Settings: defaults, then `data/config.toml`, then `PERSONA_*` environment variables.
+"""Settings: defaults, then the config file, then `PERSONA_*` environment variables.
+
+Where files live depends on how persona runs. From a checkout: data (the DB) in `data/`,
+the config file `data/config.toml`. Installed from a wheel: the per-user data folder
+(`$XDG_DATA_HOME/persona`, `~/.local/share/persona`; platformdirs' choice elsewhere) and
+the per-user config file (`$XDG_CONFIG_HOME/persona/config.toml`), never the install
+folder. `PERSONA_DATA_DIR`, `PERSONA_DB_PATH` and `PERSONA_CONFIG_FILE` win over both.
 
 Each pipeline stage reads its own section (`settings.memory.top_k`). Sections are set in
 the TOML file as tables (`[memory]`) and in the environment with a double underscore
@@ -12,10 +18,11 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
 
+import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -25,9 +32,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
-DEFAULT_CONFIG_FILE = PROJECT_ROOT / "data" / "config.toml"
+from persona import resources
+
+PROMPTS_DIR = resources.prompts_dir()
 ENV_PREFIX = "PERSONA_"
 
 # Flat names from before the sections, as TOML keys or after ENV_PREFIX, and where each
@@ -40,8 +47,10 @@ LEGACY_NAMES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "narrative_model": ("llm", "narrative_model"),
         "classifier_model": ("llm", "classifier_model"),
         "llm_timeout_s": ("llm", "timeout_s"),
-        "local_n_ctx": ("llm", "local_n_ctx"),
+        "local_n_ctx": ("llm", "context_window"),
         "local_n_threads": ("llm", "local_n_threads"),
+        # Not from 0.1.0, but flat is the name users expect: PERSONA_LOCAL_MODEL_PATH.
+        "local_model_path": ("llm", "local_model_path"),
         "temperature": ("generation", "temperature"),
         "max_tokens": ("generation", "max_tokens"),
         "perception_use_classifier": ("perception", "use_classifier"),
@@ -53,7 +62,7 @@ LEGACY_NAMES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "memory_weight_lexical": ("memory", "weight_lexical"),
         "memory_weight_recency": ("memory", "weight_recency"),
         "memory_weight_importance": ("memory", "weight_importance"),
-        "context_tokens": ("gating", "context_tokens"),
+        "context_tokens": ("llm", "context_window"),
         "history_turns": ("gating", "history_turns"),
     }
 )
@@ -81,17 +90,24 @@ class LLMSettings(BaseModel):
     narrative_model: str = "SmolLM2-135M-Instruct"
     classifier_model: str = "SmolLM2-135M-Instruct"
     timeout_s: float = Field(default=120.0, gt=0)
-    local_n_ctx: int = Field(default=2048, ge=256)
+    # The one context length (prompt + reply, tokens). `local` loads the model with it
+    # (unset: the model's own trained length, at most 4096); other backends budget with
+    # it (unset: the backend's default).
+    context_window: int | None = Field(default=None, ge=256)
     local_n_threads: int | None = None
+    # A GGUF file for `local` instead of the packaged SmolLM2-135M (chat template and
+    # trained context length are read from the file).
+    local_model_path: Path | None = None
 
 
 class GenerationSettings(BaseModel):
-    """Sampling defaults of the speaker's reply (a request may override them)."""
+    """Sampling of the speaker's reply; unset: the backend's defaults for its model
+    (`Backend.default_gen`). A request may override both."""
 
     model_config = _SECTION
 
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=200, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
 
 
 class PerceptionSettings(BaseModel):
@@ -124,9 +140,7 @@ class GatingSettings(BaseModel):
 
     model_config = _SECTION
 
-    context_tokens: int = Field(default=2048, ge=256)
     history_turns: int = Field(default=12, ge=0)
-    template_reserve: int = Field(default=64, ge=0)
     # Priority bonus for memories the previous turn's workspace held.
     carry_bonus: float = Field(default=0.05, ge=0.0, le=1.0)
 
@@ -149,8 +163,27 @@ class RelationshipSettings(BaseModel):
     affinity_rate: float = Field(default=0.2, gt=0.0, le=1.0)
 
 
-def _config_file() -> Path:
-    return Path(os.environ.get("PERSONA_CONFIG_FILE", str(DEFAULT_CONFIG_FILE)))
+def default_data_dir() -> Path:
+    """`data/` of the checkout, else the per-user data folder (never site-packages)."""
+    root = resources.checkout_root()
+    if root is not None:
+        return root / "data"
+    return platformdirs.user_data_path("persona", appauthor=False)
+
+
+def config_file() -> Path:
+    """The TOML file read: $PERSONA_CONFIG_FILE, else the checkout's or the user's."""
+    if path := os.environ.get("PERSONA_CONFIG_FILE"):
+        return Path(path)
+    root = resources.checkout_root()
+    if root is not None:
+        return root / "data" / "config.toml"
+    # The user's config folder, not the data folder: the file may itself move data_dir.
+    return platformdirs.user_config_path("persona", appauthor=False) / "config.toml"
+
+
+def _db_in_data_dir(data: dict[str, Any]) -> Path:
+    return Path(data.get("data_dir") or default_data_dir()) / "persona.db"
 
 
 def nest_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,8 +229,9 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
-    data_dir: Path = PROJECT_ROOT / "data"
-    db_path: Path = PROJECT_ROOT / "data" / "persona.db"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Follows data_dir unless set itself.
+    db_path: Path = Field(default_factory=_db_in_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     default_persona_file: str = "personas/default.toml"
@@ -225,8 +259,16 @@ class Settings(BaseSettings):
             init_settings,
             env_settings,
             LegacyEnvSource(settings_cls),
-            SectionedTomlSource(settings_cls, toml_file=_config_file()),
+            SectionedTomlSource(settings_cls, toml_file=config_file()),
         )
+
+    def default_persona_path(self) -> Path:
+        """The default persona's file: the user's copy in data_dir, else the bundled one."""
+        own = self.data_dir / self.default_persona_file
+        relative = PurePosixPath(self.default_persona_file)
+        if own.is_file() or relative.parts[:1] != ("personas",):
+            return own
+        return resources.personas_dir().joinpath(*relative.parts[1:])
 
     def behaviour(self) -> dict[str, Any]:
         """The settings that change what the persona does, as plain JSON values."""

@@ -21,3 +21,15 @@ class TurnFailed(RuntimeError):
 
 class MissingDecision(LookupError):
     """A stage asked for the decision of a stage that has not run in this turn."""
+
+
+class MessageTooLong(ValueError):
+    """The message cannot fit the model's context window with the prompt and the reply."""
+
+    def __init__(self, message_tokens: int, limit_tokens: int, window: int, reply: int):
+        super().__init__(
+            f"the message is {message_tokens} tokens; at most {limit_tokens} fit this model's"
+            f" {window}-token window (with {reply} kept for the reply): shorten it"
+        )
+        self.message_tokens = message_tokens
+        self.limit_tokens = limit_tokens

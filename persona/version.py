@@ -6,20 +6,27 @@ import os
 import subprocess
 from functools import lru_cache
 
-from persona.config import PROJECT_ROOT
+from persona import resources
 
 ENGINE_VERSION = "0.2.0"
 
 
 @lru_cache(maxsize=1)
 def build_sha() -> str:
-    """The git commit this code runs from ($PERSONA_BUILD_SHA wins; 'unknown' if neither)."""
+    """The git commit this code runs from ($PERSONA_BUILD_SHA wins; 'unknown' if neither).
+
+    Only a checkout asks git: an installed wheel must not report the commit of whatever
+    repository the current directory or site-packages happens to sit in.
+    """
     if sha := os.environ.get("PERSONA_BUILD_SHA"):
         return sha
+    root = resources.checkout_root()
+    if root is None:
+        return "unknown"
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=PROJECT_ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=5,

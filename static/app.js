@@ -14,6 +14,39 @@
   }
 
   var wasBroken = false;
+  var TRACE_HEADER = "X-Trace-Id";
+
+  function isComposer(elt) { return elt instanceof HTMLFormElement && elt.classList.contains("composer"); }
+
+  // A message shows at once as queued (the runner takes a chat's turns one at a time); it
+  // gives way to the real turn when the stream starts that trace. Text only, never markup.
+  function queuedTurn(text) {
+    var turn = document.createElement("article");
+    turn.className = "turn queued";
+    var msg = document.createElement("div");
+    msg.className = "msg user";
+    var who = document.createElement("div");
+    who.className = "who";
+    who.textContent = "You ";
+    var badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = "queued";
+    who.appendChild(badge);
+    var body = document.createElement("div");
+    body.className = "text";
+    body.textContent = text;
+    msg.appendChild(who);
+    msg.appendChild(body);
+    turn.appendChild(msg);
+    return turn;
+  }
+
+  // Drop the queued copies whose turn the stream has already rendered.
+  function settleQueued() {
+    document.querySelectorAll(".turn.queued[data-trace]").forEach(function (turn) {
+      if (document.getElementById("turn-" + turn.dataset.trace)) turn.remove();
+    });
+  }
 
   document.addEventListener("DOMContentLoaded", function () {
     var list = messages();
@@ -29,10 +62,30 @@
     if (box.value.trim()) box.form.requestSubmit();
   });
 
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    var form = evt.detail.elt;
+    var list = messages();
+    if (!isComposer(form) || !list) return;
+    var turn = queuedTurn(form.elements.message.value);
+    evt.detail.xhr.queuedTurn = turn;
+    list.appendChild(turn);
+    scrollDown(list);
+  });
+
   // Clear the box once the server accepted the message; keep it on errors.
   document.addEventListener("htmx:afterRequest", function (evt) {
     var form = evt.detail.elt;
-    if (!(form instanceof HTMLFormElement) || !evt.detail.successful) return;
+    if (!isComposer(form)) return;
+    var xhr = evt.detail.xhr;
+    var queued = xhr && xhr.queuedTurn;
+    var trace = evt.detail.successful ? xhr.getResponseHeader(TRACE_HEADER) : null;
+    if (queued && trace) {
+      queued.dataset.trace = trace;
+      settleQueued();  // the stream may have started the turn before this answer came
+    } else if (queued) {
+      queued.remove();  // not accepted: the message stays in the box
+    }
+    if (!evt.detail.successful) return;
     form.reset();
     var box = form.querySelector("textarea");
     if (box) box.focus();
@@ -48,9 +101,26 @@
     var list = messages();
     if (list) list.dataset.follow = nearBottom(list) ? "1" : "";
   });
-  document.addEventListener("htmx:sseMessage", function () {
+  document.addEventListener("htmx:sseMessage", function (evt) {
+    if (evt.detail.type === "turn-start") {
+      settleQueued();
+      var warming = document.getElementById("warming");
+      if (warming) warming.remove();  // a turn started: the model has loaded
+    }
     var list = messages();
     if (list && list.dataset.follow) scrollDown(list);
+  });
+
+  // Narrow screens: the header's toggles open one panel (chats or drawer) at a time.
+  document.addEventListener("click", function (evt) {
+    var button = evt.target instanceof Element ? evt.target.closest(".panel-toggle") : null;
+    var layout = document.querySelector(".layout");
+    if (!button || !layout) return;
+    var open = button.getAttribute("aria-expanded") !== "true";
+    document.querySelectorAll(".panel-toggle").forEach(function (other) {
+      other.setAttribute("aria-expanded", String(open && other === button));
+    });
+    layout.dataset.panel = open ? button.dataset.panel : "";
   });
 
   document.addEventListener("htmx:sseOpen", function () {
@@ -58,7 +128,14 @@
     if (wasBroken) {
       // Turns may have ended while we were away: reload what the stream missed.
       wasBroken = false;
-      htmx.ajax("GET", location.pathname, { target: "#messages", select: "#messages", swap: "outerHTML" });
+      var queued = Array.prototype.slice.call(document.querySelectorAll(".turn.queued"));
+      htmx.ajax("GET", location.pathname, { target: "#messages", select: "#messages", swap: "outerHTML" })
+        .then(function () {
+          // Queued messages are not stored until their turn starts: keep them in view.
+          var list = messages();
+          if (list) queued.forEach(function (turn) { list.appendChild(turn); });
+          settleQueued();
+        });
       htmx.ajax("GET", location.pathname, { target: "#drawer", select: "#drawer", swap: "outerHTML" });
     }
   });

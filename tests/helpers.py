@@ -9,11 +9,15 @@ import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from persona.clock import FixedClock
+from persona.config import Settings
 from persona.engine import Engine
 from persona.errors import TurnFailed
 from persona.llm.base import ChatMessage, GenOptions, LLMError, Usage
@@ -247,3 +251,24 @@ def skip_without_local_model() -> None:
         find_gguf()
     except LLMError as exc:
         pytest.skip(str(exc))
+
+
+@asynccontextmanager
+async def engine_with(
+    tmp_path: Path, name: str = "rules", **sections: Any
+) -> AsyncIterator[Engine]:
+    """An engine on a fresh temp DB with some settings sections changed."""
+    settings = Settings(db_path=tmp_path / f"{name}.db", llm={"provider": "scripted"}, **sections)
+    engine = Engine(settings, backend=ScriptedBackend(), clock=FixedClock())
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+async def no_room(tmp_path: Path, message: str) -> int:
+    """The reply size that leaves no room for history or memories before `message`."""
+    async with engine_with(tmp_path, name="probe") as probe:
+        budget = (await run_turn(probe, message))["meta"]["token_budget"]
+    return budget["context"] - budget["core"] - budget["message"]

@@ -33,9 +33,10 @@ curiosity = 0.6
 """
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-# A tight budget: context 256 - reply 110 - template 64 - the message leaves about 75
-# tokens, 24 of them for the persona's core, so not every candidate gets in.
+# A tight window: the rendered prompt (identity, turn note, message) and the 110-token
+# reply leave room for only some of the candidates.
 MAX_TOKENS = 110
+CONTEXT_WINDOW = 250
 
 
 def make_clock() -> FixedClock:
@@ -52,7 +53,6 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "data_dir": tmp_path,
         "default_persona_file": "personas/tess.toml",
         "llm": {"provider": "scripted"},
-        "gating": {"context_tokens": 256, "template_reserve": 64},
         "memory": {"top_k": 4},
     }
     data.update(overrides)
@@ -109,7 +109,7 @@ class Scenario:
 @asynccontextmanager
 async def open_scenario(tmp_path: Path, **overrides: Any) -> AsyncIterator[Scenario]:
     """Start an engine for the scenario (settings overrides allowed); stop it afterwards."""
-    clock, backend = make_clock(), ScriptedBackend()
+    clock, backend = make_clock(), ScriptedBackend(context_window=CONTEXT_WINDOW)
     engine = Engine(make_settings(tmp_path, **overrides), backend=backend, clock=clock)
     await engine.start()
     try:

@@ -66,7 +66,7 @@ def test_tiny_run_reports_every_stage_and_throughput(
 
 
 def test_every_pipeline_stage_has_a_column(bench: ModuleType) -> None:
-    expected = [stage.name for stage in DEFAULT_STAGES] + ["post", "overhead_total"]
+    expected = [stage.name for stage in DEFAULT_STAGES] + ["post", "writes", "overhead_total"]
     assert list(bench.STAGES) == expected
 
 

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import LiveServer, wait_until
+from helpers import LiveServer, ReplyGate, wait_until
 
-from persona.llm.scripted import ScriptedBackend
+from persona.clock import FixedClock
+from persona.config import Settings
+from persona.engine import Engine
+from persona.llm.scripted import FailAfter, ScriptedBackend
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 15_000
+PIPELINE_TIMING = [
+    "begin",
+    "perception",
+    "memory",
+    "gating",
+    "metacognition",
+    "speaker",
+    "post",
+    "writes",
+    "overhead_total",
+    "first token",
+]
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -28,7 +46,7 @@ CHROMIUM_ARGS = [
 RECORD_STREAMED_TEXT = """() => {
   window.streamed = [];
   document.body.addEventListener("htmx:sseBeforeMessage", (evt) => {
-    if (evt.detail.type !== "done") return;
+    if (evt.detail.type !== "turn-done") return;
     const text = document.querySelector(".msg.assistant[data-status=started] .text");
     window.streamed.push(text ? text.textContent : null);
   });
@@ -59,7 +77,7 @@ def browser() -> Iterator[Any]:
 class Tab:
     """One page of the chat, recording every console error and uncaught exception."""
 
-    def __init__(self, context: Any, url: str, errors: list[str], name: str):
+    def __init__(self, context: Any, url: str, errors: list[str], name: str = "tab"):
         self.page = context.new_page()
         self.page.set_default_timeout(WAIT_MS)
         self.page.on("console", lambda m: m.type == "error" and errors.append(f"{name}: {m.text}"))
@@ -77,6 +95,15 @@ class Tab:
         box.press("Shift+Enter")
         box.type(second_line)
         box.press("Enter")
+
+    def say(self, text: str) -> None:
+        """Type one message and send it with Enter."""
+        box = self.page.locator("textarea[name=message]")
+        box.fill(text)
+        box.press("Enter")
+
+    def timing_rows(self) -> list[str]:
+        return list(self.page.locator("#drawer .timing td:first-child").all_text_contents())
 
     def assistant_texts(self) -> list[str]:
         bubbles = self.page.locator(".msg.assistant[data-status=completed] .text")
@@ -133,3 +160,178 @@ def test_two_tabs_follow_every_turn_live(
         assert errors == []
     finally:
         context.close()
+
+
+@pytest.fixture
+def desktop(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def test_a_failed_turn_leaves_the_stream_live_and_the_next_turn_renders(
+    desktop: Any, live_server: LiveServer, backend: ScriptedBackend
+) -> None:
+    backend.enqueue(FailAfter("half an answer", "backend exploded"), "Fine again.")
+    errors: list[str] = []
+    tab = Tab(desktop, f"{live_server.url}/", errors)
+    page = tab.page
+
+    tab.say("first try")
+    expect(page.locator(".msg.assistant[data-status=failed]")).to_contain_text("backend exploded")
+    # The page stream's failure event is not taken for a broken connection.
+    live = page.locator("#live")
+    expect(live).to_have_attribute("data-state", "open")
+    expect(live).to_have_text("live")
+
+    tab.say("second try")
+    expect(page.locator(".msg.assistant[data-status=completed] .text")).to_have_text("Fine again.")
+    expect(page.locator(".turn")).to_have_count(2)
+    expect(live).to_have_text("live")
+    assert errors == []
+
+
+def test_a_message_sent_while_a_reply_streams_shows_at_once_as_queued(
+    desktop: Any, live_server: LiveServer, backend: ScriptedBackend
+) -> None:
+    gate = ReplyGate(backend)  # the first reply waits until the test opens the gate
+    backend.enqueue("First answer.", "Second answer.")
+    errors: list[str] = []
+    tab = Tab(desktop, f"{live_server.url}/", errors)
+    page = tab.page
+
+    tab.say("first message")
+    expect(page.locator(".msg.assistant[data-status=started]")).to_have_count(1)
+    assert gate.reached.wait(10)
+    second = "second <b>message</b> & more"
+    tab.say(second)
+
+    # Shown at once, as text, below the streaming turn; the turn itself cannot start yet.
+    queued = page.locator(".turn.queued")
+    expect(queued).to_have_count(1)
+    expect(queued.locator(".text")).to_have_text(second)
+    expect(queued.locator(".badge")).to_have_text("queued")
+    expect(page.locator("#messages b")).to_have_count(0)
+    expect(page.locator("textarea[name=message]")).to_have_value("")
+    expect(queued).to_have_attribute("data-trace", re.compile(r"^[0-9a-f]{32}$"))
+    expect(page.locator(".turn")).to_have_count(2)
+
+    gate.open()
+    expect(page.locator(".msg.assistant[data-status=completed]")).to_have_count(2)
+    expect(queued).to_have_count(0)  # replaced by the real turn
+    expect(page.locator(".turn")).to_have_count(2)
+    assert page.locator(".msg.user .text").all_text_contents() == ["first message", second]
+    assert tab.assistant_texts() == ["First answer.", "Second answer."]
+
+    # The drawer's timings keep the pipeline's order, live and after a reload.
+    assert tab.timing_rows() == PIPELINE_TIMING
+    page.reload()
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+    assert tab.timing_rows() == PIPELINE_TIMING
+    assert errors == []
+
+
+def test_at_phone_width_the_drawer_and_chat_list_are_toggles(
+    browser: Any, live_server: LiveServer, tmp_path: Path
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    errors: list[str] = []
+    try:
+        tab = Tab(context, f"{live_server.url}/", errors)
+        page = tab.page
+        tab.say("hello from a phone")
+        expect(page.locator(".msg.assistant[data-status=completed]")).to_have_count(1)
+
+        drawer, chats = page.locator("#drawer"), page.locator("#sidebar")
+        state = page.get_by_role("button", name="State")
+        chats_button = page.get_by_role("button", name="Chats")
+        composer = page.locator("textarea[name=message]")
+        expect(drawer).to_be_hidden()
+        expect(chats).to_be_hidden()
+        expect(state).to_have_attribute("aria-expanded", "false")
+        expect(state).to_have_attribute("aria-controls", "drawer")
+
+        state.click()
+        expect(drawer).to_be_visible()
+        expect(drawer).to_contain_text("coherence")
+        expect(state).to_have_attribute("aria-expanded", "true")
+        expect(composer).to_be_in_viewport()
+        expect(page.locator(".composer button")).to_be_in_viewport()
+        page.screenshot(path=str(tmp_path / "phone_drawer.png"))
+
+        chats_button.click()  # one panel at a time
+        expect(chats).to_be_visible()
+        expect(drawer).to_be_hidden()
+        expect(state).to_have_attribute("aria-expanded", "false")
+        expect(composer).to_be_in_viewport()
+
+        chats_button.click()
+        expect(chats).to_be_hidden()
+        expect(composer).to_be_in_viewport()
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_at_desktop_width_all_three_columns_show_without_toggles(
+    desktop: Any, live_server: LiveServer
+) -> None:
+    page = Tab(desktop, f"{live_server.url}/", []).page
+    expect(page.locator("#drawer")).to_be_visible()
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator(".panel-toggle")).to_have_count(2)
+    for button in page.locator(".panel-toggle").all():
+        expect(button).to_be_hidden()
+
+
+def test_api_docs_render_offline(desktop: Any, live_server: LiveServer) -> None:
+    outside: list[str] = []
+
+    def local_only(route: Any) -> None:
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    desktop.route("**/*", local_only)
+    page = desktop.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{live_server.url}/docs")
+    expect(page.locator(".opblock-summary-path[data-path='/persona/chat']")).to_have_count(1)
+    expect(page.locator(".opblock").first).to_be_visible()
+    page.goto(f"{live_server.url}/redoc")
+    expect(page.get_by_text("Run one turn and return the whole reply").first).to_be_visible()
+    assert outside == []
+
+
+class SlowToLoad(ScriptedBackend):
+    """A backend whose model loads only when the test says so (from its own thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = threading.Event()
+
+    async def warm(self) -> None:
+        await asyncio.to_thread(self.loaded.wait, 30)
+
+
+def test_the_warming_badge_shows_until_the_first_turn_starts(
+    desktop: Any, settings: Settings, clock: FixedClock
+) -> None:
+    backend = SlowToLoad()
+    errors: list[str] = []
+    with LiveServer(Engine(settings, backend=backend, clock=clock)) as server:
+        try:
+            tab = Tab(desktop, f"{server.url}/", errors)
+            warming = tab.page.locator("#warming")
+            expect(warming).to_have_text("warming up…")
+            tab.say("are you there?")  # waits for the model, then starts
+            backend.loaded.set()
+            expect(tab.page.locator(".msg.assistant[data-status=completed]")).to_have_count(1)
+            expect(warming).to_have_count(0)
+            assert errors == []
+        finally:
+            backend.loaded.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -30,15 +31,14 @@ def config_file(tmp_path, monkeypatch):
 def test_defaults_are_safe():
     s = Settings()
     assert (s.host, s.port, s.llm.provider, s.llm.api_key) == ("127.0.0.1", 8000, "local", None)
-    assert (s.generation.temperature, s.generation.max_tokens) == (0.7, 200)
+    # Unset: the backend's defaults for its model (Backend.default_gen).
+    assert (s.generation.temperature, s.generation.max_tokens) == (None, None)
+    assert s.llm.local_model_path is None
     assert s.perception.use_classifier is False
     assert s.perception.safety_override_threshold == 0.6
     assert (s.memory.top_k, s.memory.fts_candidates, s.memory.recent_candidates) == (6, 50, 20)
-    assert (s.gating.context_tokens, s.gating.template_reserve, s.gating.carry_bonus) == (
-        2048,
-        64,
-        0.05,
-    )
+    assert (s.gating.history_turns, s.gating.carry_bonus) == (12, 0.05)
+    assert s.llm.context_window is None  # the backend's own: the local model's length
     assert (s.metacognition.reward_ema, s.metacognition.novelty_window) == (0.3, 20)
     assert s.relationship.affinity_rate == 0.2
 
@@ -79,11 +79,13 @@ LEGACY_ENV = [
     ("PERSONA_NARRATIVE_MODEL", "llama3.2", "llm.narrative_model", "llama3.2"),
     ("PERSONA_CLASSIFIER_MODEL", "qwen", "llm.classifier_model", "qwen"),
     ("PERSONA_LLM_TIMEOUT_S", "30", "llm.timeout_s", 30.0),
-    ("PERSONA_LOCAL_N_CTX", "4096", "llm.local_n_ctx", 4096),
+    ("PERSONA_LOCAL_N_CTX", "4096", "llm.context_window", 4096),
     ("PERSONA_LOCAL_N_THREADS", "3", "llm.local_n_threads", 3),
+    ("PERSONA_LOCAL_MODEL_PATH", "/models/q.gguf", "llm.local_model_path", Path("/models/q.gguf")),
     ("PERSONA_TEMPERATURE", "0.1", "generation.temperature", 0.1),
     ("PERSONA_MAX_TOKENS", "99", "generation.max_tokens", 99),
-    ("PERSONA_CONTEXT_TOKENS", "1000", "gating.context_tokens", 1000),
+    # Both old context settings became the one llm.context_window (set alike here).
+    ("PERSONA_CONTEXT_TOKENS", "4096", "llm.context_window", 4096),
     ("PERSONA_HISTORY_TURNS", "4", "gating.history_turns", 4),
     ("PERSONA_MEMORY_TOP_K", "2", "memory.top_k", 2),
     ("PERSONA_MEMORY_RECENCY_HALF_LIFE_H", "12", "memory.recency_half_life_h", 12.0),
@@ -116,7 +118,9 @@ def test_every_legacy_name_is_covered_and_lands_on_a_real_field():
         "llm_api_key"
     } == set(LEGACY_NAMES)
     targets = list(LEGACY_NAMES.values())
-    assert len(set(targets)) == len(targets)
+    # Only the two old context lengths share a home: they could disagree, now they can't.
+    shared = [t for t in set(targets) if targets.count(t) > 1]
+    assert shared == [("llm", "context_window")] and len(set(targets)) == len(targets) - 1
     for section, field in targets:
         section_model = Settings.model_fields[section].annotation
         assert isinstance(section_model, type) and issubclass(section_model, BaseModel)
@@ -242,7 +246,7 @@ def test_unknown_nested_env_key_is_refused(monkeypatch):
     ("section", "field", "bad", "good"),
     [
         ("llm", "timeout_s", 0, 1),
-        ("llm", "local_n_ctx", 255, 256),
+        ("llm", "context_window", 255, 256),
         ("generation", "temperature", 2.1, 2.0),
         ("generation", "max_tokens", 0, 1),
         ("generation", "max_tokens", 4097, 4096),
@@ -253,9 +257,7 @@ def test_unknown_nested_env_key_is_refused(monkeypatch):
         ("memory", "recency_half_life_h", 0, 0.5),
         ("memory", "fts_candidates", 0, 1),
         ("memory", "recent_candidates", -1, 0),
-        ("gating", "context_tokens", 255, 256),
         ("gating", "history_turns", -1, 0),
-        ("gating", "template_reserve", -1, 0),
         ("gating", "carry_bonus", 1.01, 1.0),
         ("gating", "carry_bonus", -0.01, 0.0),
         ("metacognition", "reward_ema", 0, 0.01),
@@ -273,5 +275,5 @@ def test_bounds_are_enforced(section, field, bad, good):
 
 def test_legacy_names_keep_their_bounds(monkeypatch):
     monkeypatch.setenv("PERSONA_CONTEXT_TOKENS", "100")
-    with pytest.raises(ValidationError, match=r"gating\.context_tokens"):
+    with pytest.raises(ValidationError, match=r"llm\.context_window"):
         Settings()

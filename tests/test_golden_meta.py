@@ -21,6 +21,7 @@ TIMING_KEYS = [
     "metacognition",
     "speaker",
     "post",
+    "writes",
     "overhead_total",
 ]
 

@@ -140,7 +140,9 @@ async def test_cancelling_the_consumer_stops_the_worker(backend: LocalBackend) -
 @pytest.mark.local_model
 async def test_errors_in_the_worker_surface_as_llm_error() -> None:
     _skip_without_model()
-    tiny = LocalBackend(Settings.model_validate({"llm": {"provider": "local", "local_n_ctx": 256}}))
+    tiny = LocalBackend(
+        Settings.model_validate({"llm": {"provider": "local", "context_window": 256}})
+    )
     too_long = [ChatMessage(role="user", content="lighthouse " * 400)]
     with pytest.raises(LLMError, match="local generation failed"):
         await tiny.stream(too_long, GenOptions(max_tokens=8)).text()
@@ -167,3 +169,26 @@ async def test_structured_call_uses_the_schema_grammar(backend: LocalBackend) ->
     assert result.ok, result.error
     assert result.attempts == 1
     assert result.value.sentiment == "positive"
+
+
+@pytest.mark.local_model
+def test_count_prompt_is_what_llama_cpp_evaluates() -> None:
+    """Uses the real model: the prompt count (chat template applied) equals llama.cpp's."""
+    _skip_without_model()
+    backend = LocalBackend(Settings.model_validate({"llm": {"provider": "local"}}))
+    messages = [
+        ChatMessage(role="system", content="You are Mira, a calm companion."),
+        ChatMessage(role="user", content="I grew up near the sea."),
+        ChatMessage(role="assistant", content="That sounds lovely."),
+        ChatMessage(role="system", content="Conversation state: sharing."),
+        ChatMessage(role="user", content="Tell me about lighthouses."),
+    ]
+    shared = backend._shared()
+    with shared.lock:
+        out = shared.llm.create_chat_completion(
+            messages=[m.model_dump() for m in messages],  # type: ignore[misc]
+            max_tokens=1,
+            temperature=0.0,
+        )
+    assert backend.count_prompt(messages) == out["usage"]["prompt_tokens"]  # type: ignore[index]
+    assert backend.context_window() == 4096

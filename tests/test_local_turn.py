@@ -43,6 +43,9 @@ def test_a_real_turn_streams_from_the_embedded_model(tmp_path, db):
     meta = body["meta"]
     assert meta["llm"]["backend"] == "local" and meta["llm"]["completion_tokens"] > 0
     assert meta["token_budget"]["core"] > 0  # counted with the model's own tokenizer
+    # The drawer's prompt size is the model's own count of the rendered prompt.
+    assert meta["token_budget"]["used"] == meta["llm"]["prompt_tokens"]
+    assert meta["token_budget"]["context"] == 4096  # SmolLM2's 8192, capped: one setting
     events = list(read_events(db(settings.db_path), trace_id=meta["trace_id"]))
     reply = next(e for e in events if e.type == "reply.completed")
     assert reply.model == "SmolLM2-135M-Instruct" and reply.payload.reply == body["reply"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import Iterator
@@ -14,8 +15,23 @@ from helpers import LiveServer, ReplyGate, read_sse, wait_until
 
 from persona.engine import Engine
 from persona.llm.scripted import FailAfter, ScriptedBackend
+from persona.web.pages import PAGE_EVENTS, TRACE_HEADER
 from persona.web.schemas import MAX_MESSAGE_CHARS
 
+# The page stream's events: never `error`, which the browser's EventSource also fires for
+# a broken connection.
+TURN_END = ("turn-done", "turn-failed")
+PIPELINE_TIMING = [
+    "begin",
+    "perception",
+    "memory",
+    "gating",
+    "metacognition",
+    "speaker",
+    "post",
+    "writes",
+    "overhead_total",
+]
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 XSS_REPLY = "Sure <b>bold</b>\n<script>alert(3)</script> & <img src=y onerror=alert(4)>"
 RAW_MARKUP = ("<script>alert", "<img src=", "<b>bold</b>")
@@ -85,7 +101,8 @@ def test_chat_page_shows_history_failed_turns_and_the_last_turns_state(
     assert f'data-testid="dialogue-state">{meta["dialogue_state"]}<' in drawer
     for key in "CNMSR":
         assert f"<b>{key}</b>" in drawer
-    assert f"{meta['token_budget']['used']} / {meta['token_budget']['available']}" in drawer
+    budget = meta["token_budget"]
+    assert f"{budget['used']} / {budget['context'] - budget['reply']}" in drawer
     assert "Decision candidates" in drawer and meta["decision_candidates"][0]["reason"] in drawer
     assert "used" in drawer and "score" in drawer  # the memory retrieved from turn one
     assert "scripted · scripted" in drawer
@@ -170,6 +187,8 @@ def test_post_message_answers_202_at_once_and_the_turn_completes(
     messages = wait_until(finished, timeout=10)
     assert [m["content"] for m in messages] == ["hi from the form", "one two three four five six"]
     assert messages[-1]["turn_status"] == "completed"
+    # The sending tab matches its queued copy of the message to the turn by this trace.
+    assert response.headers[TRACE_HEADER] == messages[-1]["trace_id"]
 
 
 def test_post_message_passes_the_reward_signal(client: TestClient) -> None:
@@ -232,8 +251,8 @@ def test_a_chat_of_another_persona_answers_409(client: TestClient) -> None:
 
 
 def collect_turn(response: httpx.Response) -> list[tuple[str, str]]:
-    events = list(read_sse(response, as_json=False))
-    assert events and events[-1][0] in ("done", "error"), "stream ended before the turn did"
+    events = list(read_sse(response, as_json=False, stop_after=TURN_END))
+    assert events and events[-1][0] in TURN_END, "stream ended before the turn did"
     return events
 
 
@@ -241,7 +260,7 @@ def delta_text(events: list[tuple[str, str]], trace_id: str) -> str:
     prefix = f'<span hx-swap-oob="beforeend:#text-{trace_id}">'
     texts = []
     for kind, data in events:
-        if kind == "delta":
+        if kind == "turn-delta":
             assert data.startswith(prefix) and data.endswith("</span>")
             texts.append(html.unescape(data[len(prefix) : -len("</span>")]))
     return "".join(texts)
@@ -276,7 +295,8 @@ def test_every_stream_of_a_chat_gets_every_turn_as_escaped_fragments(
     assert tabs[0] == tabs[1]  # the tab that sent it and the one that did not see the same
     events = tabs[0]
     kinds = [kind for kind, _ in events]
-    assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"delta"}
+    assert kinds[0] == "turn-start" and kinds[-1] == "turn-done"
+    assert set(kinds[1:-1]) == {"turn-delta"}
     trace_id = re.search(r'id="turn-([0-9a-f]{32})"', events[0][1]).group(1)  # type: ignore[union-attr]
     start, done = events[0][1], events[-1][1]
     assert 'hx-swap-oob="beforeend:#messages"' in start
@@ -304,7 +324,90 @@ def test_a_failed_turn_streams_a_failed_bubble(
     events = collect_turn(responses[0])
 
     kind, data = events[-1]
-    assert kind == "error"
+    assert kind == "turn-failed"
+    assert all(kind.startswith("turn-") for kind, _ in events)  # never a bare `error`
     assert 'data-status="failed" hx-swap-oob="true"' in data
     assert "The reply failed: LLM failed: &lt;b&gt;boom&lt;/b&gt;" in data
     assert "drawer" not in data  # the drawer keeps the last completed turn
+
+
+def test_the_page_listens_to_every_event_its_stream_sends(client: TestClient) -> None:
+    page = client.get("/chats/chat-names").text
+    listened = re.search(r'sse-swap="([^"]*)"', page).group(1).split(",")  # type: ignore[union-attr]
+    assert sorted(listened) == sorted(PAGE_EVENTS.values())
+    assert "error" not in listened  # EventSource's own connection-error event
+
+
+def timing_rows(fragment: str) -> list[str]:
+    table = fragment[fragment.index('<table class="timing">') :]
+    table = table[: table.index("</table>")]
+    return re.findall(r"<tr><td>([^<]*)</td>", table)
+
+
+def test_timing_rows_keep_pipeline_order_live_and_after_reload(
+    streams: tuple[LiveServer, list[httpx.Response]],
+) -> None:
+    server, responses = streams
+    posted = httpx.post(f"{server.url}/chats/chat-live/messages", data={"message": "hello"})
+    assert posted.status_code == 202
+
+    live = collect_turn(responses[0])[-1][1]  # the drawer the stream swaps in
+    reloaded = httpx.get(f"{server.url}/chats/chat-live").text  # built from the stored events
+
+    for html_text in (live, reloaded):
+        assert timing_rows(html_text) == [*PIPELINE_TIMING, "first token"]
+
+
+# ---- plain HTTP: HEAD, API docs, warming up ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/", 303),
+        ("/chats/chat-head", 200),
+        ("/health", 200),
+        ("/docs", 200),
+        ("/redoc", 200),
+        ("/openapi.json", 200),
+        ("/static/app.css", 200),
+    ],
+)
+def test_head_answers_like_get_without_a_body(client: TestClient, path: str, status: int) -> None:
+    get = client.get(path, follow_redirects=False)
+    head = client.head(path, follow_redirects=False)
+    assert head.status_code == get.status_code == status
+    assert head.headers.get("content-type") == get.headers.get("content-type")
+    if status == 303:  # a fresh chat id each time
+        assert head.headers["location"].startswith("/chats/chat-")
+    assert head.content == b""
+
+
+def test_api_docs_load_only_vendored_local_assets(client: TestClient) -> None:
+    for path, scripts in (
+        ("/docs", ["/static/swagger-ui/swagger-ui-bundle.js", "/static/swagger-ui/swagger-ui.css"]),
+        ("/redoc", ["/static/redoc/redoc.standalone.js"]),
+    ):
+        page = client.get(path)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert not re.search(r"https?://", page.text), f"{path} loads something from outside"
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert "'/openapi.json'" in page.text or 'spec-url="/openapi.json"' in page.text
+        assets = re.findall(r'(?:src|href)="([^"]*)"', page.text)
+        assert set(scripts) <= set(assets)
+        for url in assets:
+            assert url.startswith("/static/"), url
+            served = client.get(url)
+            assert served.status_code == 200 and served.content, url
+        for url in scripts:  # the real bundles, not a placeholder
+            assert len(client.get(url).content) > 100_000, url
+
+
+def test_chat_page_says_warming_up_until_the_model_has_loaded(client: TestClient) -> None:
+    engine = engine_of(client)
+    assert engine.ready.is_set()  # the scripted backend loads at once
+    assert 'id="warming"' not in client.get("/chats/chat-warm").text
+    engine.ready = asyncio.Event()  # as if the model were still loading
+    assert "warming up…" in client.get("/chats/chat-warm").text
+    del engine.ready  # an engine without the flag shows nothing
+    assert 'id="warming"' not in client.get("/chats/chat-warm").text

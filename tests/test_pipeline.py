@@ -114,10 +114,9 @@ async def test_recency_blends_with_lexical_relevance(engine, clock):
 async def test_gating_packs_into_a_real_token_budget(tmp_path, clock):
     from persona.config import Settings
 
-    settings = Settings(
-        db_path=tmp_path / "g.db", gating={"context_tokens": 400}, llm={"provider": "scripted"}
-    )
-    engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    settings = Settings(db_path=tmp_path / "g.db", llm={"provider": "scripted"})
+    backend = ScriptedBackend(context_window=600)
+    engine = Engine(settings, backend=backend, clock=clock)
     await engine.start()
     try:
         for i in range(6):
@@ -126,7 +125,9 @@ async def test_gating_packs_into_a_real_token_budget(tmp_path, clock):
     finally:
         await engine.stop()
     budget = meta["token_budget"]
-    assert budget["used"] <= budget["available"]
+    # The prompt as sent plus the reply fit the window; `used` is the prompt's real size.
+    assert budget["used"] + budget["reply"] <= budget["context"] == 600
+    assert budget["used"] == meta["llm"]["prompt_tokens"] == backend.count_prompt(backend.calls[-1])
     reasons = {c["reason"] for c in meta["decision_candidates"]}
     assert "over budget" in reasons and "fits" in reasons
     history = [c for c in meta["decision_candidates"] if c["kind"] == "history"]
@@ -280,7 +281,11 @@ async def test_prompt_keeps_a_stable_prefix_for_the_cache(engine, backend):
 
 async def test_strict_servers_get_one_leading_system_message(engine, backend, monkeypatch):
     monkeypatch.setattr(type(backend), "late_system_ok", False)
+    await run_turn(engine, "I grew up near the sea")
     await run_turn(engine, "I want to end my life")
-    prompt = backend.calls[-1]
-    assert [m.role for m in prompt] == ["system", "user"]
-    assert "crisis line" in prompt[0].content and "Mira" in prompt[0].content
+    first, prompt = backend.calls[-2], backend.calls[-1]
+    assert [m.role for m in prompt] == ["system", "user", "assistant", "user"]
+    assert "Mira" in prompt[0].content and prompt[0] == first[0]
+    # The turn's note travels with the newest user message: the prefix stays stable.
+    assert "crisis line" in prompt[-1].content and prompt[-1].content.endswith("end my life")
+    assert prompt[1].content == "I grew up near the sea"

@@ -23,10 +23,17 @@ class ChatStarted(EventPayload):
 
 
 class Generation(Model):
-    """The generation options a turn ran with."""
+    """The generation options a turn ran with (None: the engine's own default)."""
 
     temperature: float
     max_tokens: int
+    top_p: float | None = None
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
 
 
 def _turn_started_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +88,11 @@ class ReplyUsage(Model):
 
 
 class ReplyCompleted(EventPayload):
-    """The speaker finished a whole reply (never written for a broken one)."""
+    """The speaker finished a whole reply (never written for a broken one).
+
+    `reply` is the text as stored and shown once done: a degenerate reply is trimmed
+    (`flags`), and then `raw_reply` keeps what the model generated.
+    """
 
     event_type: ClassVar[str] = "reply.completed"
 
@@ -92,6 +103,19 @@ class ReplyCompleted(EventPayload):
     usage: ReplyUsage
     first_token_ms: float
     generation_ms: float
+    prompt_tokens_counted: int = Field(
+        default=0, description="the speaker's own count of the rendered prompt (0: unknown)"
+    )
+    trimmed: list[str] = Field(
+        default_factory=list, description="workspace items cut to fit the context window"
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="what the reply check did: label, continued, loop, cut, repeat",
+    )
+    raw_reply: str | None = Field(
+        default=None, description="the text as generated, when the check changed it"
+    )
 
 
 class ChatStateRecorded(EventPayload):
@@ -122,6 +146,9 @@ class TurnCompleted(EventPayload):
     chat_id: str
     persona_id: str
     reply: str
+    writes_ms: float = Field(
+        default=0.0, description="time the turn's earlier appends took (timing, not a decision)"
+    )
 
 
 class TurnFailed(EventPayload):

@@ -21,12 +21,29 @@ class ChatMessage(BaseModel):
 
 
 class GenOptions(BaseModel):
-    """Generation options; unknown keys are an error, not silently ignored."""
+    """Generation options; unknown keys are an error, not silently ignored.
+
+    A None sampling option leaves the backend's own engine default in place. Each backend
+    maps the options it knows (llama.cpp: `repeat_penalty`, `top_k`; OpenAI-compatible
+    servers: `frequency_penalty`, `presence_penalty`) and ignores the others.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=256, ge=1, le=4096)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    repeat_penalty: float | None = Field(default=None, ge=0.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stop: tuple[str, ...] = Field(default=(), max_length=16)
+    seed: int | None = None
+
+    def with_overrides(self, **overrides: Any) -> GenOptions:
+        """These options with every override that is not None on top (validated)."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return GenOptions.model_validate({**self.model_dump(), **given})
 
 
 class LLMError(RuntimeError):
@@ -39,6 +56,15 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Why generation ended, when the backend says: "stop" (the model ended or a stop
+    # sequence matched) or "length" (it ran into max_tokens).
+    finish_reason: str | None = None
+
+    def hit_cap(self, max_tokens: int) -> bool:
+        """Whether the reply ran into the token cap (counted when the backend did not say)."""
+        if self.finish_reason is not None:
+            return self.finish_reason == "length"
+        return self.completion_tokens >= max_tokens
 
 
 class Backend:
@@ -52,8 +78,15 @@ class Backend:
     supports_structured: ClassVar[bool] = False
     # Whether a system message may follow the conversation (strict chat templates refuse).
     late_system_ok: ClassVar[bool] = False
+    # How many stop sequences the backend passes on (OpenAI's API takes at most four).
+    max_stop: ClassVar[int] = 16
     model: str = ""
     tokenizer_name: str = ""
+
+    def default_gen(self) -> GenOptions:
+        """Sampling defaults that suit this backend's model; settings and requests override
+        them (see `persona.web.turns.build_request`)."""
+        return GenOptions()
 
     def stream(self, messages: list[ChatMessage], options: GenOptions) -> LLMResponse:
         """Start generating a reply; iterate the response to receive text chunks."""
@@ -72,6 +105,21 @@ class Backend:
 
     def count_tokens(self, text: str) -> int:
         """Count tokens of `text` with this backend's own tokenizer."""
+        raise NotImplementedError
+
+    # Tokens one message adds beyond its text (role markers); 0 where the backend counts
+    # a prompt as the sum of its texts (the scripted backend reports usage that way).
+    message_overhead: ClassVar[int] = 0
+    # Tokens the server adds to every prompt (the reply's priming).
+    prompt_overhead: ClassVar[int] = 0
+
+    def count_prompt(self, messages: list[ChatMessage]) -> int:
+        """Count the whole prompt as the model receives it (chat template included)."""
+        text = sum(self.count_tokens(m.content) for m in messages)
+        return text + self.message_overhead * len(messages) + self.prompt_overhead
+
+    def context_window(self) -> int:
+        """How many tokens the model attends to, prompt and reply together."""
         raise NotImplementedError
 
     def structured_create(self) -> Callable[..., Any]:

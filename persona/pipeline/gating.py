@@ -1,21 +1,27 @@
-"""Gating: which candidates get into the prompt, within a token budget.
+"""Gating: which candidates get into the prompt, within the model's context window.
 
 First honest form: every candidate (recent exchanges, retrieved memories) gets a
-priority; the highest-priority ones are packed greedily into the budget measured with
-the backend's real tokenizer. A memory the previous turn's workspace held gets a small
-bonus (continuity); a memory whose exchange is already in the history is left out.
-Later issues replace the priority with a simulated competition; the decision record
-already lists every candidate.
+priority; the highest-priority ones are packed greedily into the room the window leaves
+after the reply and the fixed prompt. Costs are measured on the rendered prompt (chat
+template included) with the backend's own tokenizer: each candidate costs what adding it
+to the real prompt adds. A memory the previous turn's workspace held gets a small bonus
+(continuity); a memory whose exchange is already in the history is left out. Later
+issues replace the priority with a simulated competition; the decision record already
+lists every candidate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from persona.events import Budget, GateDecision, MemoryRetrieval, Workspace
-from persona.pipeline.context import StageEnv, StageOutput, TurnContext
+from persona.events import Budget, GateDecision, MemoryRetrieval, Perception, Workspace
+from persona.llm.base import ChatMessage
+from persona.pipeline.context import StageEnv, StageOutput, TurnContext, TurnRequest
+from persona.pipeline.layout import PromptParts, layout, memory_text
+from persona.pipeline.perception import safety_risk
 from persona.pipeline.post import episodic_id
+from persona.storage.queries import PathTurn, PersonaRow
 
 # Recency of history: the newest exchange starts here and each older one loses a step.
 HISTORY_TOP = 0.95
@@ -29,17 +35,9 @@ class Candidate:
     kind: Literal["history", "memory"]
     id: str
     priority: float
-    text: str
+    text: str  # a memory as the prompt shows it; an exchange's two messages
+    history: PathTurn | None = None
     redundant: bool = False
-
-
-def budget(ctx: TurnContext, env: StageEnv) -> Budget:
-    """Split the context window: reply, user message, template, and what is left to fill."""
-    total = env.settings.gating.context_tokens
-    reply = ctx.request.gen.max_tokens
-    message = env.count_tokens(ctx.request.message)
-    available = max(total - reply - message - env.settings.gating.template_reserve, 0)
-    return Budget(context=total, reply=reply, message=message, available=available)
 
 
 def candidates(ctx: TurnContext, memory: MemoryRetrieval, carry_bonus: float) -> list[Candidate]:
@@ -54,6 +52,7 @@ def candidates(ctx: TurnContext, memory: MemoryRetrieval, carry_bonus: float) ->
                 h.turn_id,
                 round(HISTORY_TOP - HISTORY_STEP * age, 4),
                 f"{h.user_message}\n{h.reply}",
+                history=h,
             )
         )
     for m in memory.results:
@@ -63,32 +62,85 @@ def candidates(ctx: TurnContext, memory: MemoryRetrieval, carry_bonus: float) ->
                 "memory",
                 m.memory_id,
                 round(m.score + bonus, 4),
-                m.content,
+                memory_text(m),
                 redundant=m.memory_id in in_history,
             )
         )
     return items
 
 
+class Costs:
+    """What each candidate adds to the rendered prompt, measured with the backend.
+
+    Rendering the whole prompt once per candidate was the slow way (bench/); an
+    exchange costs its two messages framed by the chat template, a memory its line in
+    the turn note, and the first memory the note's heading. The speaker counts the
+    final prompt exactly and cuts the lowest priority part should these come out short.
+    """
+
+    def __init__(self, base: PromptParts, fixed: int, env: StageEnv):
+        self.env = env
+        self.empty = env.backend.count_prompt([])
+        probe = "x"
+        with_one = prompt_tokens(base.with_(memories=[probe]), env)
+        self.heading = max(with_one - fixed - self.line(probe), 0)
+
+    def line(self, text: str) -> int:
+        return self.env.count_tokens(f"- {text}\n")
+
+    def of(self, item: Candidate) -> int:
+        if item.history is not None:
+            pair = [
+                ChatMessage(role="user", content=item.history.user_message),
+                ChatMessage(role="assistant", content=item.history.reply),
+            ]
+            return self.env.backend.count_prompt(pair) - self.empty
+        return self.line(item.text) if item.text else 0
+
+
+def base_parts(ctx: TurnContext) -> PromptParts:
+    """The prompt with nothing optional in it: identity, turn note, the message."""
+    perception = ctx.need(Perception)
+    return PromptParts(
+        persona=ctx.persona,
+        message=ctx.request.message,
+        safety_override=perception.safety.override,
+        ooc=perception.ooc,
+    )
+
+
+def prompt_tokens(parts: PromptParts, env: StageEnv) -> int:
+    """Tokens of the rendered prompt for these parts."""
+    return env.backend.count_prompt(layout(parts, env.prompts, env.backend.late_system_ok))
+
+
 class GatingStage:
-    """Pack the highest-priority candidates into the token budget."""
+    """Pack the highest-priority candidates into the room the context window leaves."""
 
     name = "gating"
 
     async def run(self, ctx: TurnContext, env: StageEnv) -> StageOutput:
-        b = budget(ctx, env)
-        persona_text = ctx.persona.description + "\n" + ctx.persona.genesis
-        core = env.count_tokens(persona_text)  # the core identity always goes in
-        used = core
+        base = base_parts(ctx)
+        fixed = prompt_tokens(base, env)
+        window = env.backend.context_window()
+        reply = ctx.request.gen.max_tokens
+        message = env.count_tokens(ctx.request.message)
+        available = max(window - reply - fixed, 0)
+        used = 0
         decided = []
+        costs = Costs(base, fixed, env)
+        heading_paid = False
         items = candidates(ctx, ctx.need(MemoryRetrieval), env.settings.gating.carry_bonus)
         for item in sorted(items, key=lambda i: (-i.priority, i.kind, i.id)):
-            tokens = env.count_tokens(item.text)
+            tokens = costs.of(item)
+            if item.kind == "memory" and item.text and not heading_paid:
+                tokens += costs.heading  # the first memory brings the note's heading
             if item.redundant:
                 selected, reason = False, "already in recent history"
-            elif used + tokens <= b.available:
+            elif used + tokens <= available:
                 selected, reason = True, "fits"
                 used += tokens
+                heading_paid = heading_paid or (item.kind == "memory" and bool(item.text))
             else:
                 selected, reason = False, "over budget"
             decided.append(
@@ -103,9 +155,40 @@ class GatingStage:
             )
         return StageOutput(
             Workspace(
-                budget=b.model_copy(update={"core": core, "used": used}),
+                budget=Budget(
+                    context=window,
+                    reply=reply,
+                    message=message,
+                    available=available,
+                    core=fixed - message,
+                    used=fixed + used,
+                ),
                 candidates=decided,
                 selected_memories=[d.id for d in decided if d.kind == "memory" and d.selected],
                 selected_history=[d.id for d in decided if d.kind == "history" and d.selected],
             )
         )
+
+
+def message_room(request: TurnRequest, persona: PersonaRow, env: StageEnv) -> tuple[int, int]:
+    """(tokens the message takes in the prompt, the most it may take) for this window.
+
+    The turn note is sized as perception will see the message (safety, OOC), so a
+    message refused here would not have fit, and one accepted always fits.
+    """
+    override = safety_risk(request.message)[0] >= env.settings.perception.safety_override_threshold
+    parts = PromptParts(
+        persona=persona,
+        message=request.message,
+        safety_override=override,
+        ooc=request.message.lstrip().startswith("(("),
+    )
+    fixed = prompt_tokens(replace(parts, message=""), env)
+    room = env.backend.context_window() - request.gen.max_tokens - fixed
+    return prompt_tokens(parts, env) - fixed, room
+
+
+def selected_history(ctx: TurnContext, workspace: Workspace) -> list[PathTurn]:
+    """The history turns the workspace selected, oldest first."""
+    chosen = set(workspace.selected_history)
+    return [h for h in ctx.history if h.turn_id in chosen]

@@ -119,6 +119,10 @@ class Meta(MetaV1):
     edges: list[MetaEdge]
     llm: MetaLLM
     state: ChatState
+    reply_flags: list[str] = Field(
+        default_factory=list,
+        description="what the reply check did to the reply: label, continued, loop, cut, repeat",
+    )
     meta_v1: MetaV1
 
 
@@ -137,7 +141,9 @@ def timing(events: Sequence[Event]) -> dict[str, float]:
     """Milliseconds per stage in pipeline order, and `overhead_total` outside the model.
 
     `begin` is recorded on turn.started, each stage on its event, `speaker` on
-    reply.completed and `post` (post-reply decisions) on turn.completed.
+    reply.completed, `post` (post-reply decisions) and `writes` (the appends of begin
+    and the stages) on turn.completed. Only the completion's own append is left out:
+    an event cannot time the transaction that stores it (bench/ measures it).
     """
     out: dict[str, float] = {}
     for e in events:
@@ -149,6 +155,7 @@ def timing(events: Sequence[Event]) -> dict[str, float]:
             out["speaker"] = e.latency_ms
         elif isinstance(e.payload, TurnCompleted):
             out["post"] = e.latency_ms
+            out["writes"] = e.payload.writes_ms
         else:  # a stage's decision (built-in or added), named by its actor
             out[e.actor] = e.latency_ms
     if out:
@@ -217,7 +224,10 @@ def build_meta(events: Sequence[Event]) -> Meta:
         top_intent=perception.top_intent,
         ooc=perception.ooc,
         importance=perception.importance,
-        token_budget=gating.budget,
+        # The plan gating made, with the size of the prompt actually sent.
+        token_budget=gating.budget.model_copy(update={"used": reply.prompt_tokens_counted})
+        if reply.prompt_tokens_counted
+        else gating.budget,
         edges=edges,
         llm=MetaLLM(
             backend=started.backend,
@@ -228,5 +238,6 @@ def build_meta(events: Sequence[Event]) -> Meta:
             completion_tokens=reply.usage.completion_tokens,
         ),
         state=state.state if state else ChatState(),
+        reply_flags=reply.flags,
         meta_v1=v1,
     )

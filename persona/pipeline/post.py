@@ -13,10 +13,12 @@ from persona.events import (
     MemoryWritten,
     Metacognition,
     Perception,
+    ReplyCompleted,
     TelemetryRecorded,
     Workspace,
 )
 from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, TurnContext
+from persona.pipeline.reply_check import DEGENERATE
 from persona.pipeline.state import step
 
 # The relationship edge a turn's reward_signal moves.
@@ -29,11 +31,19 @@ def episodic_id(turn_id: str) -> str:
 
 
 class EpisodicWrite:
-    """Remember the exchange as an episodic memory of the persona."""
+    """Remember the exchange as an episodic memory of the persona.
+
+    A reply that degenerated (a loop, cut at the cap, a copy of an earlier reply) is not
+    remembered, even trimmed:
+    memories feed later prompts, and a bad one would be imitated.
+    """
 
     name = "episodic"
 
     def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        reply = ctx.get(ReplyCompleted)
+        if reply is not None and DEGENERATE.intersection(reply.flags):
+            return []
         return [
             Emit(
                 MemoryWritten(

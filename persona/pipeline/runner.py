@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persona.config import Settings
-from persona.errors import ChatConflict, PersonaNotFound, TurnFailed
+from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound, TurnFailed
 from persona.llm.base import Backend
 from persona.pipeline.broadcast import Broadcaster, TurnEvent
 from persona.pipeline.context import PostStage, Stage, StageEnv, TurnContext, TurnRequest
-from persona.pipeline.gating import GatingStage
+from persona.pipeline.gating import GatingStage, message_room
 from persona.pipeline.memory import MemoryStage
 from persona.pipeline.metacognition import MetacognitionStage
 from persona.pipeline.perception import PerceptionStage
@@ -78,7 +78,7 @@ class TurnRunner:
             engine_version=ENGINE_VERSION,
             build_sha=build_sha(),
         )
-        self.env = StageEnv(settings, ReadOnly(store), backend, backend.count_tokens)
+        self.env = StageEnv(settings, ReadOnly(store), backend, backend.count_tokens, self.prompts)
         self.ready = ready
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,6 +96,17 @@ class TurnRunner:
         if await self.store.read(queries.get_persona, persona_id) is None:
             raise PersonaNotFound(f"unknown persona_id {persona_id!r}")
         return persona_id
+
+    async def check_fits(self, request: TurnRequest) -> None:
+        """Refuse, before anything is written, a message the context window cannot hold."""
+        persona = await self.store.read(queries.get_persona, request.persona_id)
+        if persona is None:
+            raise PersonaNotFound(f"unknown persona_id {request.persona_id!r}")
+        # Counting may load the local model: keep it off the event loop.
+        tokens, limit = await asyncio.to_thread(message_room, request, persona, self.env)
+        if tokens > limit:
+            window = self.backend.context_window()
+            raise MessageTooLong(tokens, max(limit, 0), window, request.gen.max_tokens)
 
     def submit(self, request: TurnRequest) -> TurnHandle:
         """Queue a turn on its chat; it runs even if the caller goes away."""

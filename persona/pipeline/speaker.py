@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from persona.events import (
     MemoryRetrieval,
     Metacognition,
@@ -13,46 +15,71 @@ from persona.events import (
 )
 from persona.llm.base import ChatMessage, LLMResponse
 from persona.pipeline.context import StageEnv, TurnContext
+from persona.pipeline.gating import selected_history
+from persona.pipeline.layout import PromptParts, layout, memory_text
 from persona.pipeline.prompts import PromptSet
+from persona.pipeline.reply_check import CheckedReply, check_reply, reply_options, speaker_labels
 
 
-def _traits(traits: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.1f}" for name, value in sorted(traits.items()))
+@dataclass(frozen=True)
+class Prompt:
+    """The prompt as sent: its messages, its exact size, and what was cut to fit."""
+
+    messages: list[ChatMessage]
+    tokens: int
+    trimmed: tuple[str, ...] = ()
 
 
-def build_prompt(
-    ctx: TurnContext, prompts: PromptSet, late_context: bool = True
-) -> list[ChatMessage]:
-    """The messages the model sees: identity, selected history, turn context, message.
-
-    The identity comes first and never changes, and history only grows, so llama.cpp
-    reuses its cached prefix; what changes every turn (memories, safety, state) goes in
-    a system note just before the message. With `late_context` off (servers whose chat
-    template allows one leading system message only) the note joins the first one.
-    """
+def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
+    """The parts the workspace selected, and the ids of what may be cut (first to go first)."""
     perception = ctx.need(Perception)
-    gating = ctx.need(Workspace)
-    memory = {m.memory_id: m for m in ctx.need(MemoryRetrieval).results}
-    selected_history = set(gating.selected_history)
-    identity = prompts.render("system.j2", persona=ctx.persona, traits=_traits(ctx.persona.traits))
-    note = prompts.render(
-        "turn_context.j2",
-        memories=[memory[mid].content for mid in gating.selected_memories],
+    workspace = ctx.need(Workspace)
+    memories = {m.memory_id: m for m in ctx.need(MemoryRetrieval).results}
+    parts = PromptParts(
+        persona=ctx.persona,
+        message=ctx.request.message,
+        history=tuple(selected_history(ctx, workspace)),
+        memories=tuple(memory_text(memories[mid]) for mid in workspace.selected_memories),
         safety_override=perception.safety.override,
         ooc=perception.ooc,
         dialogue_state=ctx.need(Metacognition).dialogue_state,
     )
-    if not late_context:
-        identity = f"{identity}\n\n{note}"
-    messages = [ChatMessage(role="system", content=identity)]
-    for h in ctx.history:
-        if h.turn_id in selected_history:
-            messages.append(ChatMessage(role="user", content=h.user_message))
-            messages.append(ChatMessage(role="assistant", content=h.reply))
-    if late_context:
-        messages.append(ChatMessage(role="system", content=note))
-    messages.append(ChatMessage(role="user", content=ctx.request.message))
-    return messages
+    # Lowest priority first: the candidates are listed best first.
+    order = [c.id for c in reversed(workspace.candidates) if c.selected]
+    return parts, order
+
+
+def build_prompt(
+    ctx: TurnContext, prompts: PromptSet, late_system_ok: bool = True
+) -> list[ChatMessage]:
+    """The messages the model sees (see `layout`), from the turn's decisions."""
+    parts, _ = prompt_parts(ctx)
+    return layout(parts, prompts, late_system_ok)
+
+
+def fit_prompt(ctx: TurnContext, env: StageEnv) -> Prompt:
+    """Render the prompt and count it exactly; cut the lowest-priority parts if over.
+
+    Gating measured each part on the rendered prompt, so cutting is rare (it guards
+    the parts gating could not know: the dialogue state's exact wording).
+    """
+    parts, order = prompt_parts(ctx)
+    room = env.backend.context_window() - ctx.request.gen.max_tokens
+    late = env.backend.late_system_ok
+    memories = ctx.need(MemoryRetrieval).results
+    trimmed: list[str] = []
+    while True:
+        messages = layout(parts, env.prompts, late)
+        tokens = env.backend.count_prompt(messages)
+        if tokens <= room or not order:
+            return Prompt(messages, tokens, tuple(trimmed))
+        drop = order.pop(0)
+        trimmed.append(drop)
+        texts = {memory_text(m) for m in memories if m.memory_id == drop}
+        parts = parts.with_(
+            history=[h for h in parts.history if h.turn_id != drop],
+            memories=[m for m in parts.memories if m not in texts],
+        )
 
 
 class SpeakerStage:
@@ -63,25 +90,45 @@ class SpeakerStage:
     def __init__(self, prompts: PromptSet):
         self.prompts = prompts
 
-    def start(self, ctx: TurnContext, env: StageEnv) -> tuple[list[ChatMessage], LLMResponse]:
-        """Build the prompt and start generating."""
-        prompt = build_prompt(ctx, self.prompts, env.backend.late_system_ok)
-        return prompt, env.backend.stream(prompt, ctx.request.gen)
+    def start(self, ctx: TurnContext, env: StageEnv) -> tuple[Prompt, LLMResponse]:
+        """Build the prompt, fit it to the window and start generating."""
+        prompt = fit_prompt(ctx, env)
+        # Stop sequences end the reply where the next speaker's line would start.
+        options = reply_options(ctx.request.gen, ctx.persona.name)
+        return prompt, env.backend.stream(prompt.messages, options)
+
+    @staticmethod
+    def check(ctx: TurnContext, response: LLMResponse) -> CheckedReply:
+        """The streamed reply cleaned for storing (see `reply_check.check_reply`)."""
+        return check_reply(
+            response.full_text,
+            speaker_labels(ctx.persona.name),
+            hit_cap=response.usage.hit_cap(response.options.max_tokens),
+            previous=[h.reply for h in ctx.history],
+        )
 
     @staticmethod
     def decision(
-        ctx: TurnContext, prompt: list[ChatMessage], response: LLMResponse
+        ctx: TurnContext,
+        prompt: Prompt,
+        response: LLMResponse,
+        checked: CheckedReply | None = None,
     ) -> ReplyCompleted:
-        """The reply.completed payload."""
+        """The reply.completed payload: the checked reply, and the raw one if it changed."""
+        reply = checked.text if checked else response.full_text
         return ReplyCompleted(
             turn_id=ctx.turn_id,
             chat_id=ctx.request.chat_id,
-            reply=response.full_text,
-            prompt=[PromptMessage(role=m.role, content=m.content) for m in prompt],
+            reply=reply,
+            prompt=[PromptMessage(role=m.role, content=m.content) for m in prompt.messages],
             usage=ReplyUsage(
                 prompt_tokens=response.usage.prompt_tokens,
                 completion_tokens=response.usage.completion_tokens,
             ),
             first_token_ms=round((response.first_token_s or 0.0) * 1000, 2),
             generation_ms=round((response.total_s or 0.0) * 1000, 2),
+            prompt_tokens_counted=prompt.tokens,
+            trimmed=list(prompt.trimmed),
+            flags=list(checked.flags) if checked else [],
+            raw_reply=response.full_text if reply != response.full_text else None,
         )

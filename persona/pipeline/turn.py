@@ -33,6 +33,7 @@ from persona.pipeline.context import (
     TurnRequest,
 )
 from persona.pipeline.meta import Meta, build_meta
+from persona.pipeline.reply_check import reply_options
 from persona.pipeline.speaker import SpeakerStage
 from persona.storage import queries
 from persona.storage.eventlog import Event, NewEvent
@@ -140,6 +141,8 @@ class Turn:
         self._started: Event | None = None
         # The stage a failure is blamed on (recorded on turn.failed).
         self.failing_stage = "runner"
+        # Time spent appending before the completion (an event cannot time its own append).
+        self.writes_ms = 0.0
 
     def _event(self, payload: EventPayload, actor: str, **envelope: Any) -> NewEvent:
         return NewEvent(
@@ -195,7 +198,8 @@ class Turn:
             depth=depth,
             message=request.message,
             reward_signal=request.reward_signal,
-            gen=Generation(temperature=request.gen.temperature, max_tokens=request.gen.max_tokens),
+            # What the speaker will send, its stop sequences included.
+            gen=Generation(**reply_options(request.gen, persona.name).model_dump(mode="json")),
             backend=self.identity.backend,
             model=self.identity.model,
             config_hash=self.identity.config_hash,
@@ -203,7 +207,9 @@ class Turn:
             build_sha=self.identity.build_sha,
         )
         new.append(self._event(started, "runner", latency_ms=_ms(t0)))
+        t_write = time.perf_counter()
         stored = await self.store.append(new)
+        self.writes_ms += _ms(t_write)
         self._started = stored[-1]
         self.events.append(stored[-1])
         return ctx
@@ -227,7 +233,9 @@ class Turn:
                 )
             ]
             events += [self._event(extra, stage.name) for extra in out.extra]
+            t_write = time.perf_counter()
             self.events += await self.store.append(events)
+            self.writes_ms += _ms(t_write)
 
     async def speak(self, ctx: TurnContext, on_delta: OnDelta) -> None:
         """Stream the reply; then record it with the post-reply work, atomically."""
@@ -238,9 +246,17 @@ class Turn:
             ctx.reply += chunk
             on_delta(chunk)
         ctx.reply = response.full_text
+        # Stored and shown once done: the reply cleaned of loops, labels and a cut tail.
+        checked = self.speaker.check(ctx, response)
+        if not checked.text.strip():
+            flags = ", ".join(checked.flags) or "blank"
+            raise LLMError(f"the model's reply was empty after the reply check ({flags})")
+        ctx.reply = checked.text
         speaker_ms = _ms(t0)
+        decision = self.speaker.decision(ctx, prompt, response, checked)
+        ctx.record(decision)  # post-reply stages read the reply's flags
         reply = self._event(
-            self.speaker.decision(ctx, prompt, response),
+            decision,
             self.speaker.name,
             model=self.identity.model,
             tokens_in=response.usage.prompt_tokens,
@@ -268,6 +284,7 @@ class Turn:
             chat_id=ctx.request.chat_id,
             persona_id=ctx.request.persona_id,
             reply=ctx.reply,
+            writes_ms=round(self.writes_ms, 3),
         )
         events.append(self._event(done, "runner", latency_ms=_ms(t0)))
         return tx.append(events, {pstream: tx.stream_version(pstream)})

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from persona.config import PROJECT_ROOT
+from persona.resources import migrations_dir
 
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+MIGRATIONS_DIR = migrations_dir()
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # A migration that reshapes projection tables says so on a line of its own; the log is
 # then replayed into the new tables in the same transaction as the DDL.

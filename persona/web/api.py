@@ -23,14 +23,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid JSON or UTF-8"},
     404: {"model": ErrorBody, "description": "Unknown persona or session"},
     409: {"model": ErrorBody, "description": "Session belongs to another persona"},
+    413: {"model": ErrorBody, "description": "The message does not fit the context window"},
     422: {"model": ErrorBody, "description": "Invalid field values"},
 }
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness check."""
-    return {"status": "ok"}
+async def health(engine: EngineDep) -> dict[str, str]:
+    """Liveness, and whether the model has loaded (`warming` until it has)."""
+    return {"status": "ok", "model": "ready" if engine.ready.is_set() else "warming"}
+
+
+# Probes and monitors use HEAD; kept out of the schema, where GET documents it.
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
 
 @router.post(

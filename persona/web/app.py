@@ -12,11 +12,12 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from persona.config import PROJECT_ROOT, Settings
+from persona.config import Settings
 from persona.engine import Engine
-from persona.errors import ChatConflict, PersonaNotFound
+from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound
+from persona.resources import static_dir
 from persona.version import ENGINE_VERSION
-from persona.web import api, pages
+from persona.web import api, docs, pages
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -54,6 +55,18 @@ def _conflict(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=409, content={"error": str(exc)})
 
 
+def _too_long(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MessageTooLong)
+    return JSONResponse(
+        status_code=413,
+        content={
+            "error": str(exc),
+            "message_tokens": exc.message_tokens,
+            "limit_tokens": exc.limit_tokens,
+        },
+    )
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app around an engine (made from settings when not given)."""
     if engine is None:
@@ -72,6 +85,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version=ENGINE_VERSION,
         description="A local-first home for long-running LLM personas.",
         lifespan=lifespan,
+        # Served by persona.web.docs from vendored assets instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine = engine
     handlers: dict[Any, Any] = {
@@ -79,10 +95,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         StarletteHTTPException: _http_error,
         PersonaNotFound: _not_found,
         ChatConflict: _conflict,
+        MessageTooLong: _too_long,
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     app.include_router(api.router)
     app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
+    app.include_router(docs.router)
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     return app

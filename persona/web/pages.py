@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from persona.engine import Engine
-from persona.errors import ChatConflict, PersonaNotFound
+from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound
 from persona.pipeline.broadcast import TurnEvent
 from persona.pipeline.meta import build_meta
 from persona.storage import queries
@@ -26,10 +26,19 @@ from persona.web.turns import build_request, new_session_id
 router = APIRouter(include_in_schema=False)
 
 CHAT = "chat.html"
+TRACE_HEADER = "X-Trace-Id"
 _ID = re.compile(ID_PATTERN)
 # A urlencoded form of the longest message, every character percent-encoded UTF-8, fits.
 MAX_FORM_BYTES = 16 * MAX_MESSAGE_CHARS
 RECENT_CHATS = 30
+# The page stream's event names: never `error`, which an EventSource also fires for its
+# own connection failures (the page would take a failed turn for a broken stream).
+PAGE_EVENTS = {
+    "start": "turn-start",
+    "delta": "turn-delta",
+    "done": "turn-done",
+    "error": "turn-failed",
+}
 
 
 def valid_id(value: str) -> bool:
@@ -86,6 +95,12 @@ def chat_view(
     }
 
 
+def warming(engine: Engine) -> bool:
+    """Whether the engine is still loading its model (its `ready` event not yet set)."""
+    ready = getattr(engine, "ready", None)
+    return ready is not None and not ready.is_set()
+
+
 def stream_view(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
     """What the stream's fragments need besides the event: the persona and the chat list."""
     chat = queries.get_chat(conn, chat_id)
@@ -122,7 +137,8 @@ async def live_fragments(engine: Engine, chat_id: str) -> AsyncIterator[dict[str
     with engine.broadcaster.subscribe(chat_id) as queue:
         while True:
             event = await queue.get()
-            yield {"event": event.kind, "data": await render_event(engine, event)}
+            data = await render_event(engine, event)
+            yield {"event": PAGE_EVENTS[event.kind], "data": data}
 
 
 # ---- the form -------------------------------------------------------------------------------
@@ -194,13 +210,13 @@ def form_errors(request: Request, status: int, errors: list[str]) -> Response:
     )
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> RedirectResponse:
     """Start a new chat: a fresh id; nothing is written until its first message."""
     return RedirectResponse(f"/chats/{new_session_id()}", status_code=303)
 
 
-@router.get("/chats/{session_id}", response_class=HTMLResponse)
+@router.api_route("/chats/{session_id}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def chat_page(
     request: Request, session_id: str, engine: EngineDep, persona_id: str | None = None
 ) -> Response:
@@ -211,7 +227,7 @@ async def chat_page(
     view = await engine.store.read(chat_view, session_id, persona_id, engine.default_persona_id)
     if view is None:
         return error_page(request, 404, "Unknown persona", f"No persona {persona_id!r}.")
-    return templates.TemplateResponse(request, CHAT, view)
+    return templates.TemplateResponse(request, CHAT, {**view, "warming": warming(engine)})
 
 
 @router.post("/chats/{session_id}/messages", status_code=202)
@@ -226,8 +242,11 @@ async def post_message(request: Request, session_id: str, engine: EngineDep) -> 
         return form_errors(request, 404, [str(exc)])
     except ChatConflict as exc:
         return form_errors(request, 409, [str(exc)])
-    engine.runner.submit(turn)  # the chat's stream shows it, in every tab
-    return Response(status_code=202)
+    except MessageTooLong as exc:
+        return form_errors(request, 413, [str(exc)])
+    handle = engine.runner.submit(turn)  # the chat's stream shows it, in every tab
+    # The sending tab shows the message as queued until the stream starts this trace.
+    return Response(status_code=202, headers={TRACE_HEADER: handle.trace_id})
 
 
 @router.get("/chats/{session_id}/stream")

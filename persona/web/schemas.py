@@ -68,4 +68,6 @@ class ErrorBody(BaseModel):
 
     error: str
     trace_id: str | None = None
+    message_tokens: int | None = None
+    limit_tokens: int | None = None
     detail: list[dict[str, Any]] | None = None

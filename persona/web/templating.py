@@ -8,9 +8,9 @@ from jinja2 import Environment, FileSystemLoader
 from jinja2_fragments import render_block, render_blocks
 from jinja2_fragments.fastapi import Jinja2Blocks
 
-from persona.config import PROJECT_ROOT
+from persona.resources import templates_dir
 
-TEMPLATES_DIR = PROJECT_ROOT / "templates"
+TEMPLATES_DIR = templates_dir()
 
 
 def percent(value: Any) -> int:

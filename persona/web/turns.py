@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from persona.engine import Engine
-from persona.llm.base import GenOptions
 from persona.pipeline.context import TurnRequest
 from persona.pipeline.runner import TurnHandle
 from persona.web.schemas import ChatRequest
@@ -20,21 +19,19 @@ def new_session_id() -> str:
 
 
 async def build_request(engine: Engine, body: ChatRequest) -> TurnRequest:
-    """Resolve persona and chat (raises PersonaNotFound / ChatConflict before any write)."""
+    """Resolve persona and chat, check the message fits (raises before any write)."""
     chat_id = body.session_id or new_session_id()
     persona_id = await engine.runner.resolve(
         chat_id, body.persona_id, body.user_id, engine.default_persona_id
     )
-    settings = engine.settings
-    gen = GenOptions(
-        temperature=float(body.gen.temperature)
-        if body.gen and body.gen.temperature is not None
-        else settings.generation.temperature,
-        max_tokens=body.gen.max_tokens
-        if body.gen and body.gen.max_tokens is not None
-        else settings.generation.max_tokens,
+    # The backend's defaults for its model, then the [generation] settings, then the body.
+    settings, asked = engine.settings.generation, body.gen
+    gen = engine.backend.default_gen().with_overrides(
+        temperature=settings.temperature, max_tokens=settings.max_tokens
     )
-    return TurnRequest(
+    if asked is not None:
+        gen = gen.with_overrides(temperature=asked.temperature, max_tokens=asked.max_tokens)
+    request = TurnRequest(
         message=body.message,
         user_id=body.user_id,
         chat_id=chat_id,
@@ -42,6 +39,8 @@ async def build_request(engine: Engine, body: ChatRequest) -> TurnRequest:
         reward_signal=float(body.reward_signal),
         gen=gen,
     )
+    await engine.runner.check_fits(request)  # raises MessageTooLong before any write
+    return request
 
 
 def sse(kind: str, data: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,242 @@
+"""Memory and gating rules, each held by a test: search, scoring, ranking, budget, packing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from helpers import engine_with, run_turn
+
+from persona.clock import parse_iso
+from persona.config import MemorySettings
+from persona.llm.scripted import ScriptedBackend
+from persona.pipeline.memory import rank
+from persona.storage.queries import MemoryHit
+
+
+def _retrieved(meta: dict, turn_id: str) -> dict:
+    return next(m for m in meta["memory"]["retrieved"] if m["memory_id"] == f"ep:{turn_id}")
+
+
+def _candidate(meta: dict, cid: str) -> dict:
+    return next(c for c in meta["decision_candidates"] if c["id"] == cid)
+
+
+# ---- memory ------------------------------------------------------------------------
+
+
+async def test_the_search_uses_every_content_word_in_alphabetical_order(engine):
+    zebras = await run_turn(engine, "My neighbour keeps zebras", chat_id="a")
+    meta = (
+        await run_turn(
+            engine, "apples bananas cherries dates figs grapes about zebras", chat_id="b"
+        )
+    )["meta"]
+    assert meta["memory"]["query"] == "apples bananas cherries dates figs grapes zebras"
+    # The last word alphabetically still counts: the zebra memory is the relevant one.
+    assert _retrieved(meta, zebras["turn_id"])["lexical"] == 1.0
+
+
+async def test_a_memory_loses_half_its_recency_per_half_life(engine, clock):
+    kite = await run_turn(engine, "the red kite flew over the harbour", chat_id="a")
+    clock.advance(timedelta(hours=72))
+    meta = (await run_turn(engine, "tell me about the red kite", chat_id="b"))["meta"]
+    assert _retrieved(meta, kite["turn_id"])["recency"] == pytest.approx(0.5, abs=1e-3)
+    clock.advance(timedelta(hours=72))
+    meta = (await run_turn(engine, "the kite again", chat_id="c"))["meta"]
+    assert _retrieved(meta, kite["turn_id"])["recency"] == pytest.approx(0.25, abs=1e-3)
+
+
+async def test_the_score_weighs_relevance_recency_and_importance(engine, clock):
+    await run_turn(engine, "My sister Ana moved to Lisbon last spring", chat_id="a")
+    clock.advance(timedelta(days=3))
+    await run_turn(engine, "I feel so lonely tonight", chat_id="b")
+    meta = (await run_turn(engine, "Do you know where Ana lives now?", chat_id="c"))["meta"]
+    retrieved = meta["memory"]["retrieved"]
+    assert len(retrieved) == 2
+    for m in retrieved:
+        expected = 0.6 * m["lexical"] + 0.25 * m["recency"] + 0.15 * m["importance"]
+        assert m["score"] == pytest.approx(expected, abs=2e-4)
+
+
+async def test_relevance_beats_freshness(engine, clock):
+    old = await run_turn(engine, "My sister Ana moved to Lisbon last spring", chat_id="a")
+    clock.advance(timedelta(days=30))
+    fresh = await run_turn(engine, "I had pasta for lunch", chat_id="b")
+    meta = (await run_turn(engine, "Do you know where Ana lives now?", chat_id="c"))["meta"]
+    first, second = meta["memory"]["retrieved"][:2]
+    assert first["memory_id"] == f"ep:{old['turn_id']}"
+    assert second["memory_id"] == f"ep:{fresh['turn_id']}"
+    assert first["recency"] < 0.01 < 0.99 < second["recency"]
+
+
+def test_ties_are_broken_by_memory_id_so_replays_agree():
+    def hit(memory_id: str) -> MemoryHit:
+        return MemoryHit(memory_id, "same words", 0.3, "2026-01-01T12:00:00.000000Z", "c", 1.0)
+
+    now = parse_iso("2026-01-01T12:00:00.000000Z")
+    ranked = rank([hit("ep:b"), hit("ep:c"), hit("ep:a")], now, MemorySettings())
+    assert len({r.score for r in ranked}) == 1
+    assert [r.memory_id for r in ranked] == ["ep:a", "ep:b", "ep:c"]
+
+
+async def test_the_best_memories_are_kept_up_to_top_k(engine, tmp_path):
+    for i in range(8):
+        await run_turn(engine, f"note number {i} about gardening", chat_id=f"g{i}")
+    meta = (await run_turn(engine, "hmm", chat_id="q"))["meta"]
+    assert len(meta["memory"]["retrieved"]) == 6
+    scores = [m["score"] for m in meta["memory"]["retrieved"]]
+    assert scores == sorted(scores, reverse=True)
+    async with engine_with(tmp_path, memory={"top_k": 2}) as small:
+        for i in range(4):
+            await run_turn(small, f"note number {i} about gardening", chat_id=f"g{i}")
+        meta = (await run_turn(small, "hmm", chat_id="q"))["meta"]
+    assert len(meta["memory"]["retrieved"]) == 2
+
+
+async def test_the_newest_memories_are_offered_when_no_word_matches(engine):
+    ids = [(await run_turn(engine, f"note {w}", chat_id=w))["turn_id"] for w in ("alpha", "beta")]
+    meta = (await run_turn(engine, "ok", chat_id="q"))["meta"]
+    assert meta["memory"]["query"] is None
+    retrieved = meta["memory"]["retrieved"]
+    assert {m["memory_id"] for m in retrieved} == {f"ep:{i}" for i in ids}
+    assert all(m["lexical"] == 0.0 and m["used"] for m in retrieved)
+
+
+async def test_every_memory_that_mentions_the_words_counts_as_relevant(engine):
+    for i in range(4):
+        await run_turn(engine, f"kites story {i}", chat_id=f"k{i}")
+    meta = (await run_turn(engine, "kites", chat_id="q"))["meta"]
+    assert len(meta["memory"]["retrieved"]) == 4
+    assert all(m["lexical"] > 0 for m in meta["memory"]["retrieved"])
+
+
+# ---- gating ------------------------------------------------------------------------
+
+
+async def test_the_reply_and_the_fixed_prompt_are_set_aside_first(engine, backend):
+    first = await run_turn(engine, "The lighthouse keeper waved at the ferry")
+    message = "Tell me about the old lighthouse"
+    # An exchange costs exactly what its two messages add to the prompt.
+    exchange = backend.count_tokens(
+        "The lighthouse keeper waved at the ferry"
+    ) + backend.count_tokens(first["reply"])
+    rooms = []
+    for max_tokens in (200, 500):
+        meta = (await run_turn(engine, message, max_tokens=max_tokens))["meta"]
+        b = meta["token_budget"]
+        assert b["context"] == backend.context_window() == 2048
+        assert b["reply"] == max_tokens
+        assert b["message"] == backend.count_tokens(message)
+        # The identity and turn note (core) and the message are always in the prompt:
+        # what competes gets the window minus them and the reply.
+        assert b["core"] > 0
+        assert b["available"] == 2048 - max_tokens - (b["core"] + b["message"])
+        assert _candidate(meta, first["turn_id"])["tokens"] == exchange
+        chosen = sum(c["tokens"] for c in meta["decision_candidates"] if c["selected"])
+        assert 0 < chosen <= b["available"]
+        rooms.append(b["available"])
+    # Asking for a longer reply leaves exactly that much less room for context.
+    assert rooms[0] - rooms[1] == 300
+
+
+async def test_newer_exchanges_have_priority_over_older_ones(engine):
+    turns = [(await run_turn(engine, f"part {i} of the story"))["turn_id"] for i in range(4)]
+    meta = (await run_turn(engine, "and then?"))["meta"]
+    priorities = [_candidate(meta, t)["priority"] for t in reversed(turns)]
+    assert priorities == [0.95, 0.91, 0.87, 0.83]
+
+
+async def test_the_latest_exchange_outranks_a_strong_memory(engine):
+    last = await run_turn(engine, "hello there", chat_id="b")
+    await run_turn(engine, "My sister Ana moved to Lisbon last spring", chat_id="a")
+    meta = (await run_turn(engine, "Do you know where Ana lives now?", chat_id="b"))["meta"]
+    memories = [c for c in meta["decision_candidates"] if c["kind"] == "memory"]
+    assert max(m["priority"] for m in memories) > 0.8
+    assert _candidate(meta, last["turn_id"])["priority"] > max(m["priority"] for m in memories)
+
+
+async def test_up_to_history_turns_exchanges_compete(engine):
+    for i in range(6):
+        await run_turn(engine, f"part {i}")
+    meta = (await run_turn(engine, "go on"))["meta"]
+    history = [c for c in meta["decision_candidates"] if c["kind"] == "history"]
+    assert len(history) == 6 and all(c["selected"] for c in history)
+
+
+async def test_a_memory_the_last_turn_used_gets_a_continuity_bonus(engine):
+    zebra = await run_turn(engine, "My neighbour keeps zebras", chat_id="a")
+    first = await run_turn(engine, "tell me about zebras", chat_id="b")
+    held = f"ep:{zebra['turn_id']}"
+    assert held in first["meta"]["state"]["workspace"]
+    meta = (await run_turn(engine, "zebras again please", chat_id="b"))["meta"]
+    carried = _candidate(meta, held)
+    assert carried["priority"] == pytest.approx(_retrieved(meta, zebra["turn_id"])["score"] + 0.05)
+    # The memory the previous turn did not hold competes on its score alone.
+    fresh = _candidate(meta, f"ep:{first['turn_id']}")
+    assert fresh["priority"] == _retrieved(meta, first["turn_id"])["score"]
+
+
+async def test_a_memory_of_an_exchange_still_in_the_history_is_left_out(engine, backend):
+    first = await run_turn(engine, "My sister Ana moved to Lisbon last spring")
+    meta = (await run_turn(engine, "Is Lisbon nice in spring?"))["meta"]
+    memory = _candidate(meta, f"ep:{first['turn_id']}")
+    assert memory["selected"] is False and memory["reason"] == "already in recent history"
+    assert _candidate(meta, first["turn_id"])["selected"] is True
+    note = backend.calls[-1][-2]
+    assert note.role == "system" and "Ana moved" not in note.content
+
+
+async def _two_turns(tmp_path: Path, name: str, max_tokens: int) -> tuple[dict, list[str]]:
+    """The second turn's meta and the contents of the prompt it sent."""
+    async with engine_with(tmp_path, name=name) as engine:
+        await run_turn(engine, "The lighthouse keeper waved at the ferry")
+        meta = (await run_turn(engine, "Tell me more", max_tokens=max_tokens))["meta"]
+        assert isinstance(engine.backend, ScriptedBackend)
+        return meta, [m.content for m in engine.backend.calls[-1]]
+
+
+async def test_an_exchange_that_exactly_fills_the_budget_still_fits(tmp_path):
+    probe, _ = await _two_turns(tmp_path, "probe", 200)
+    (history,) = [c for c in probe["decision_candidates"] if c["kind"] == "history"]
+    b = probe["token_budget"]
+    # The reply size that leaves room for exactly the fixed prompt plus that exchange.
+    exact = b["context"] - (b["core"] + b["message"]) - history["tokens"]
+    meta, prompt = await _two_turns(tmp_path, "exact", exact)
+    assert meta["token_budget"]["available"] == history["tokens"]
+    (fits,) = [c for c in meta["decision_candidates"] if c["kind"] == "history"]
+    assert fits["selected"] and fits["reason"] == "fits"
+    assert fits["tokens"] == history["tokens"]
+    # The plan holds: the speaker sends the exchange without cutting anything.
+    assert "The lighthouse keeper waved at the ferry" in prompt
+    # One token more for the reply and the exchange no longer fits.
+    meta, prompt = await _two_turns(tmp_path, "short", exact + 1)
+    (over,) = [c for c in meta["decision_candidates"] if c["kind"] == "history"]
+    assert not over["selected"] and over["reason"] == "over budget"
+    assert "The lighthouse keeper waved at the ferry" not in prompt
+
+
+async def _memory_turn(tmp_path: Path, name: str, max_tokens: int) -> tuple[dict, str]:
+    """A question in a new chat whose only candidate is another chat's memory."""
+    async with engine_with(tmp_path, name=name) as engine:
+        await run_turn(engine, "My neighbour keeps zebras", chat_id="a")
+        meta = (await run_turn(engine, "zebras?", chat_id="b", max_tokens=max_tokens))["meta"]
+        assert isinstance(engine.backend, ScriptedBackend)
+        return meta, "\n".join(m.content for m in engine.backend.calls[-1])
+
+
+async def test_a_memory_that_exactly_fills_the_budget_is_sent_whole(tmp_path):
+    probe, _ = await _memory_turn(tmp_path, "probe", 200)
+    (memory,) = probe["decision_candidates"]
+    b = probe["token_budget"]
+    # The memory's cost includes the note's heading, which only a first memory brings.
+    exact = b["context"] - (b["core"] + b["message"]) - memory["tokens"]
+    meta, prompt = await _memory_turn(tmp_path, "exact", exact)
+    (fits,) = meta["decision_candidates"]
+    assert fits["selected"] and fits["reason"] == "fits"
+    assert "neighbour keeps zebras" in prompt
+    meta, prompt = await _memory_turn(tmp_path, "short", exact + 1)
+    (over,) = meta["decision_candidates"]
+    assert not over["selected"] and over["reason"] == "over budget"
+    assert "neighbour keeps zebras" not in prompt
