@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -25,9 +26,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from persona.config import Settings
+from turn_overhead import _BenchSettings
+
 from persona.engine import Engine
 from persona.errors import TurnFailed
 from persona.events import ReplyCompleted, TurnStarted
@@ -75,21 +77,6 @@ CLAIMS_USER_FACTS = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w+(?:'\w+)?")
-
-
-class _DefaultSettings(Settings):
-    """Defaults only: no developer config file or PERSONA_* variable skews the bench."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 def max_ngram_repeats(text: str, n: int = 4) -> int:
@@ -149,7 +136,7 @@ async def one_run(
     for section, values in (changed or {}).items():
         sections[section] = {**sections.get(section, {}), **values}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = _DefaultSettings(db_path=Path(tmp) / "quality.db", **sections)
+        settings = _BenchSettings(db_path=Path(tmp) / "quality.db", **sections)
         engine = Engine(settings)
         await engine.start()
         try:

@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from local_model import MESSAGES as LOCAL_MESSAGES
 from turn_overhead import _BenchSettings, percentile
 
 import persona.pipeline.layout as layout_module
@@ -46,15 +47,9 @@ from persona.pipeline.context import TurnRequest
 from persona.pipeline.layout import PromptParts, traits_text
 from persona.pipeline.prompts import PromptSet
 
+# The local-model bench's eight, and two more: ten turns of a growing history.
 MESSAGES = (
-    "Hi! I'm Sam. I keep a little boat on the lake.",
-    "What do you like to do on quiet mornings?",
-    "My sister Ana just moved to Lisbon.",
-    "Can you suggest a name for my boat?",
-    "Do you remember where my sister lives?",
-    "I feel a bit tired today.",
-    "Tell me something about old maps.",
-    "What should I cook tonight?",
+    *LOCAL_MESSAGES,
     "Have you ever seen the lake in winter?",
     "Thanks for talking with me, see you tomorrow.",
 )

@@ -77,3 +77,40 @@ def test_a_message_too_long_for_the_window_is_refused_up_front(settings, clock):
         r = client.post("/persona/chat", json={"message": exact, "gen": {"max_tokens": 100}})
         assert r.status_code == 200
         assert r.json()["meta"]["token_budget"]["used"] + 100 <= 512
+
+
+class FramedBackend(ScriptedBackend):
+    """A chat template whose per-message framing grows with the conversation.
+
+    Gating measures an exchange on its own (no extra framing), so on a long prompt its
+    estimate comes out short: only the speaker's exact count can see the overflow.
+    """
+
+    def count_prompt(self, messages):  # type: ignore[no-untyped-def]
+        return super().count_prompt(messages) + 40 * max(0, len(messages) - 3)
+
+
+async def test_the_speaker_cuts_the_lowest_priority_parts_when_the_estimate_is_short(
+    settings, clock
+):
+    backend = FramedBackend(context_window=700)
+    engine = Engine(settings, backend=backend, clock=clock)
+    await engine.start()
+    try:
+        for i in range(6):
+            await run_turn(engine, f"part {i}: the ship sailed past the lighthouse", max_tokens=100)
+        result = await run_turn(engine, "what about the ship?", max_tokens=100)
+        meta = result["meta"]
+        events = await engine.store.read(queries.trace_events, result["trace_id"])
+    finally:
+        await engine.stop()
+    reply = next(e.payload for e in events if e.type == "reply.completed")
+    selected = [c["id"] for c in meta["decision_candidates"] if c["selected"]]
+    # Gating's plan did not fit; the speaker cut from the lowest priority up until it did.
+    assert reply.trimmed and set(reply.trimmed) <= set(selected)
+    priorities = {c["id"]: c["priority"] for c in meta["decision_candidates"]}
+    kept = [i for i in selected if i not in reply.trimmed]
+    assert max(priorities[i] for i in reply.trimmed) <= min(priorities[i] for i in kept)
+    sent = backend.calls[-1]
+    assert meta["token_budget"]["used"] == backend.count_prompt(sent)
+    assert meta["token_budget"]["used"] + 100 <= 700

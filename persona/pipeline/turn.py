@@ -91,25 +91,26 @@ class _WriterView:
         return self._tx.read(queries.edge_weight, src, rel, dst)
 
 
-def _begin_reads(
-    conn: sqlite3.Connection, request: TurnRequest, window: int
-) -> tuple[
-    queries.PersonaRow | None,
-    dict[str, Any] | None,
-    tuple[str, int] | None,
-    ChatState | None,
-    list[queries.PathTurn],
-]:
-    persona = queries.get_persona(conn, request.persona_id)
-    chat = queries.get_chat(conn, request.chat_id)
+@dataclass(frozen=True)
+class BeginReads:
+    """What a turn reads before it begins, in one snapshot."""
+
+    persona: queries.PersonaRow | None
+    chat_exists: bool
+    head: tuple[str, int] | None  # the parent-to-be and its depth
+    state: ChatState | None  # the parent's snapshot
+    path: list[queries.PathTurn]  # the active path up to the parent, oldest first
+
+
+def _begin_reads(conn: sqlite3.Connection, request: TurnRequest, window: int) -> BeginReads:
     head = queries.head_turn(conn, request.chat_id)
     head_id = head[0] if head else None
-    return (
-        persona,
-        chat,
-        head,
-        queries.chat_state(conn, head_id),
-        queries.active_path(conn, head_id, window),
+    return BeginReads(
+        persona=queries.get_persona(conn, request.persona_id),
+        chat_exists=queries.get_chat(conn, request.chat_id) is not None,
+        head=head,
+        state=queries.chat_state(conn, head_id),
+        path=queries.active_path(conn, head_id, window),
     )
 
 
@@ -159,7 +160,8 @@ class Turn:
         t0 = time.perf_counter()
         request, settings = self.request, self.env.settings
         window = max(settings.gating.history_turns, settings.metacognition.novelty_window)
-        persona, chat, head, state, path = await self.store.read(_begin_reads, request, window)
+        reads = await self.store.read(_begin_reads, request, window)
+        persona, head, state, path = reads.persona, reads.head, reads.state, reads.path
         if persona is None:  # resolve() checked it; personas are never removed
             raise PersonaNotFound(f"unknown persona_id {request.persona_id!r}")
         parent_id, depth = (head[0], head[1] + 1) if head else (None, 0)
@@ -177,7 +179,7 @@ class Turn:
             recent_user_messages=[p.user_message for p in path],
         )
         new = []
-        if chat is None:
+        if not reads.chat_exists:
             new.append(
                 self._event(
                     ChatStarted(
