@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -64,6 +64,9 @@ LEGACY_NAMES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "memory_weight_importance": ("memory", "weight_importance"),
         "context_tokens": ("llm", "context_window"),
         "history_turns": ("gating", "history_turns"),
+        # The names the security docs use: PERSONA_ACCESS_TOKEN, PERSONA_ALLOWED_HOSTS.
+        "access_token": ("server", "access_token"),
+        "allowed_hosts": ("server", "allowed_hosts"),
     }
 )
 
@@ -73,7 +76,9 @@ _NOT_BEHAVIOUR: dict[str, Any] = {
     "db_path": True,
     "host": True,
     "port": True,
-    "llm": {"api_key": True},
+    "server": True,
+    # Deadlines bound how long a call may take, not what the persona says.
+    "llm": {"api_key": True, "first_token_timeout_s": True, "turn_timeout_s": True},
 }
 
 _SECTION = ConfigDict(extra="forbid", frozen=True)
@@ -89,7 +94,12 @@ class LLMSettings(BaseModel):
     api_key: SecretStr | None = None
     narrative_model: str = "SmolLM2-135M-Instruct"
     classifier_model: str = "SmolLM2-135M-Instruct"
+    # A total deadline per model call (connect to last token), not a per-read timeout.
     timeout_s: float = Field(default=120.0, gt=0)
+    # How long a call may wait for its first token (a server that only sends keep-alives).
+    first_token_timeout_s: float = Field(default=60.0, gt=0)
+    # A deadline for a whole turn: every stage, classifier call and the reply.
+    turn_timeout_s: float = Field(default=300.0, gt=0)
     # The one context length (prompt + reply, tokens). `local` loads the model with it
     # (unset: the model's own trained length, at most 4096); other backends budget with
     # it (unset: the backend's default).
@@ -161,6 +171,42 @@ class RelationshipSettings(BaseModel):
 
     # How fast the affinity follows the reward signal.
     affinity_rate: float = Field(default=0.2, gt=0.0, le=1.0)
+
+
+class ServerSettings(BaseModel):
+    """How the web service guards itself: who may reach it and how much it accepts."""
+
+    model_config = _SECTION
+
+    # Required on every route when set (bearer header or the login cookie); required to
+    # bind anything but loopback.
+    access_token: SecretStr | None = None
+    # Host header names accepted besides the loopback names (DNS-rebinding guard);
+    # "*" accepts any (only sensible behind a proxy that checks Host itself).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Bind a non-loopback address without an access token (logged loudly at start).
+    insecure_expose: bool = False
+    # Request bodies larger than this are refused with 413 before they are read.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Turns waiting or running per chat; more are refused with 429 and Retry-After.
+    chat_queue_limit: int = Field(default=8, ge=1)
+    # Events buffered per live stream; a subscriber further behind is dropped (it
+    # reconnects and catches up from the log).
+    subscriber_buffer: int = Field(default=1024, ge=16)
+    # At shutdown, in-flight turns get this long before their model calls are cancelled
+    # (and the turns recorded as failed).
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def split_hosts(cls, value: Any) -> Any:
+        """`a.lan,b.lan` or a JSON list, from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 def default_data_dir() -> Path:
@@ -243,6 +289,7 @@ class Settings(BaseSettings):
     gating: GatingSettings = Field(default_factory=GatingSettings)
     metacognition: MetacognitionSettings = Field(default_factory=MetacognitionSettings)
     relationship: RelationshipSettings = Field(default_factory=RelationshipSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
     def settings_customise_sources(

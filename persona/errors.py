@@ -33,3 +33,13 @@ class MessageTooLong(ValueError):
         )
         self.message_tokens = message_tokens
         self.limit_tokens = limit_tokens
+
+
+class QueueFull(RuntimeError):
+    """The chat already has as many turns waiting as it may; retry after `retry_after_s`."""
+
+    def __init__(self, chat_id: str, limit: int, retry_after_s: int):
+        super().__init__(
+            f"chat {chat_id!r} already has {limit} turns waiting or running: retry later"
+        )
+        self.retry_after_s = retry_after_s

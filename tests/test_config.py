@@ -96,6 +96,7 @@ LEGACY_ENV = [
     ("PERSONA_PERCEPTION_USE_CLASSIFIER", "true", "perception.use_classifier", True),
     ("PERSONA_CLASSIFIER_TIMEOUT_S", "5", "perception.classifier_timeout_s", 5.0),
     ("PERSONA_CLASSIFIER_RETRIES", "3", "perception.classifier_retries", 3),
+    ("PERSONA_ALLOWED_HOSTS", "a.lan, b.lan", "server.allowed_hosts", ["a.lan", "b.lan"]),
 ]
 
 
@@ -114,8 +115,10 @@ def test_legacy_flat_env_names_still_work(monkeypatch):
 
 
 def test_every_legacy_name_is_covered_and_lands_on_a_real_field():
+    # The secrets are checked on their own (a SecretStr does not compare by value).
     assert {name.removeprefix("PERSONA_").lower() for name, *_ in LEGACY_ENV} | {
-        "llm_api_key"
+        "llm_api_key",
+        "access_token",
     } == set(LEGACY_NAMES)
     targets = list(LEGACY_NAMES.values())
     # Only the two old context lengths share a home: they could disagree, now they can't.
@@ -277,3 +280,12 @@ def test_legacy_names_keep_their_bounds(monkeypatch):
     monkeypatch.setenv("PERSONA_CONTEXT_TOKENS", "100")
     with pytest.raises(ValidationError, match=r"llm\.context_window"):
         Settings()
+
+
+def test_access_token_and_allowed_hosts_read_from_their_documented_names(monkeypatch):
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "tok-123")
+    monkeypatch.setenv("PERSONA_ALLOWED_HOSTS", '["persona.lan"]')
+    s = Settings()
+    assert s.server.access_token is not None
+    assert s.server.access_token.get_secret_value() == "tok-123"
+    assert s.server.allowed_hosts == ["persona.lan"]

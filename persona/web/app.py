@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona.config import Settings
 from persona.engine import Engine
-from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound
+from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound, QueueFull
 from persona.resources import static_dir
 from persona.version import ENGINE_VERSION
 from persona.web import api, docs, pages
@@ -67,6 +67,15 @@ def _too_long(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    return JSONResponse(
+        status_code=429,
+        content={"error": str(exc)},
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app around an engine (made from settings when not given)."""
     if engine is None:
@@ -96,6 +105,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         PersonaNotFound: _not_found,
         ChatConflict: _conflict,
         MessageTooLong: _too_long,
+        QueueFull: _queue_full,
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
