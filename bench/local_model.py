@@ -55,7 +55,7 @@ async def run(turns: int, max_tokens: int) -> list[dict[str, float]]:
                     0.0,
                     GenOptions(max_tokens=max_tokens, temperature=0.7),
                 )
-                result = await engine.runner.submit(request).result
+                result = await (await engine.runner.submit(request)).result
                 meta = result.meta.model_dump(mode="json")
                 if i == 0:
                     continue  # warm-up

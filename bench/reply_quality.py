@@ -148,7 +148,7 @@ async def one_run(
                 if seed is not None and "seed" in GenOptions.model_fields:
                     gen = request.gen.model_copy(update={"seed": seed * 1000 + i})
                     request = replace(request, gen=gen)
-                handle = engine.runner.submit(request)
+                handle = await engine.runner.submit(request)
                 try:
                     result = await handle.result
                 except TurnFailed as exc:  # recorded as failed (e.g. an empty reply)

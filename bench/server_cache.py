@@ -207,7 +207,7 @@ async def run_chats(
                     gen,
                 )
                 with using_layout(LAYOUTS[name]):
-                    meta = (await engine.runner.submit(request).result).meta
+                    meta = (await (await engine.runner.submit(request)).result).meta
                 rows[name].append(
                     {
                         "first_token_ms": meta.llm.first_token_ms,

@@ -225,7 +225,7 @@ async def run_turns(
         persona_id = await engine.runner.resolve(chat_id, None, "local", engine.default_persona_id)
         reward = rng.uniform(-1.0, 1.0)
         request = TurnRequest(message, "local", chat_id, persona_id, reward, GenOptions())
-        result = await engine.runner.submit(request).result
+        result = await (await engine.runner.submit(request)).result
         wall_ms = (time.perf_counter() - t0) * 1000
         if i < warmup:
             continue

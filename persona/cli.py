@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sqlite3
 import sys
 import tempfile
@@ -11,17 +13,42 @@ from pathlib import Path
 
 from persona.config import Settings, config_file, get_settings
 
+log = logging.getLogger("persona.serve")
+
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the web app with uvicorn."""
+    """Run the web app with uvicorn; refuse to expose it beyond loopback without a token."""
     import uvicorn
 
     from persona.web.app import create_app
+    from persona.web.security import access_token, is_loopback
 
     host = args.host or settings.host
     port = args.port or settings.port
+    # The Host allow-list accepts the address bound to when it is a specific one.
+    settings = settings.model_copy(update={"host": host, "port": port})
+    if not is_loopback(host) and access_token(settings) is None:
+        if not settings.server.insecure_expose:
+            raise CommandError(
+                f"refusing to listen on {host}: it is not a loopback address and no access"
+                " token is set, so anyone who reaches it could read and write every chat."
+                " Set PERSONA_ACCESS_TOKEN (a long random string), or to expose it without"
+                " one set PERSONA_SERVER__INSECURE_EXPOSE=true ([server] insecure_expose)"
+            )
+        log.warning(
+            "INSECURE: listening on %s with no access token (server.insecure_expose is set):"
+            " anyone who reaches this address can read and write every chat",
+            host,
+        )
     print(f"Persona OS on http://{host}:{port}  (backend: {settings.llm.provider})", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        # Open SSE streams never finish on their own: shutdown waits this long, no more.
+        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_grace_s),
+    )
     return 0
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -319,7 +321,10 @@ class Settings(BaseSettings):
 
     def behaviour(self) -> dict[str, Any]:
         """The settings that change what the persona does, as plain JSON values."""
-        return self.model_dump(mode="json", exclude=_NOT_BEHAVIOUR)
+        data = self.model_dump(mode="json", exclude=_NOT_BEHAVIOUR)
+        if data["llm"]["base_url"]:  # which server, not its password (a secret, rotated)
+            data["llm"]["base_url"] = mask_url(data["llm"]["base_url"])
+        return data
 
     def config_hash(self, prompts: Mapping[str, str]) -> str:
         """sha256 of the canonical JSON of behaviour settings plus the prompt templates."""
@@ -332,10 +337,60 @@ class Settings(BaseSettings):
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def masked(self) -> dict[str, Any]:
-        """Every setting for display, with secrets masked."""
-        data = self.model_dump(mode="json")
-        data["llm"]["api_key"] = "****" if self.llm.api_key else None
+        """Every setting for display: secrets masked whole, credentials in URLs masked."""
+        data = _mask_urls(self.model_dump(mode="json"))
+        data["llm"]["api_key"] = MASK if self.llm.api_key else None
+        data["server"]["access_token"] = MASK if self.server.access_token else None
         return data
+
+
+MASK = "****"
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def _userinfo(url: str) -> tuple[str, str] | None:
+    """(the URL without its user-info, the user-info), or None when it has none."""
+    if not _HAS_SCHEME.match(url):
+        return None
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return None
+    return urlunsplit(parts._replace(netloc=hostport)), userinfo
+
+
+def url_credentials(url: str) -> tuple[str, str | None]:
+    """Split the user-info off a URL: (the URL without it, its password decoded or None).
+
+    `http://user:pass@host/v1` gives (`http://host/v1`, `pass`); a URL without user-info
+    comes back unchanged.
+    """
+    split = _userinfo(url)
+    if split is None:
+        return url, None
+    bare, userinfo = split
+    _, colon, password = userinfo.partition(":")
+    return bare, unquote(password) if colon else None
+
+
+def mask_url(url: str) -> str:
+    """The URL with any user-info replaced by ****, the rest as given."""
+    split = _userinfo(url)
+    if split is None:
+        return url
+    scheme, _, rest = split[0].partition("://")
+    return f"{scheme}://{MASK}@{rest}"
+
+
+def _mask_urls(value: Any) -> Any:
+    """Mask user-info in every URL-valued string of a dumped settings tree."""
+    if isinstance(value, dict):
+        return {key: _mask_urls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(item) for item in value]
+    if isinstance(value, str):
+        return mask_url(value)
+    return value
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -30,7 +30,7 @@ class Engine:
 
             backend = make_backend(settings)
         self.backend = backend
-        self.broadcaster = Broadcaster()
+        self.broadcaster = Broadcaster(settings.server.subscriber_buffer)
         # Set once the backend has loaded (or failed to): turns wait for it, pages show it.
         self.ready = asyncio.Event()
         self.runner = TurnRunner(self.store, backend, settings, self.broadcaster, ready=self.ready)
@@ -59,9 +59,14 @@ class Engine:
             self.ready.set()
 
     async def stop(self) -> None:
-        """Let in-flight turns finish, then close the backend and the DB."""
+        """End every turn (running ones get the shutdown grace), close the backend and DB.
+
+        Queued turns never start (they are recorded as failed); running ones have
+        `server.shutdown_grace_s` to finish before their model calls are cancelled and
+        they are recorded as failed.
+        """
+        await self.runner.drain(self.settings.server.shutdown_grace_s)
         if self._warming is not None:
             await asyncio.wait([self._warming], timeout=60)
-        await self.runner.drain()
         await self.backend.aclose()
         self.store.close()

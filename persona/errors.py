@@ -43,3 +43,7 @@ class QueueFull(RuntimeError):
             f"chat {chat_id!r} already has {limit} turns waiting or running: retry later"
         )
         self.retry_after_s = retry_after_s
+
+
+class ShuttingDown(RuntimeError):
+    """The server is draining for shutdown: it accepts no new turn (503)."""

@@ -13,7 +13,6 @@
     if (live) { live.dataset.state = state; live.textContent = text; }
   }
 
-  var wasBroken = false;
   var TRACE_HEADER = "X-Trace-Id";
 
   function isComposer(elt) { return elt instanceof HTMLFormElement && elt.classList.contains("composer"); }
@@ -43,7 +42,7 @@
 
   // Drop the queued copies whose turn the stream has already rendered.
   function settleQueued() {
-    document.querySelectorAll(".turn.queued[data-trace]").forEach(function (turn) {
+    document.querySelectorAll(".turn.queued[data-trace]:not([id])").forEach(function (turn) {
       if (document.getElementById("turn-" + turn.dataset.trace)) turn.remove();
     });
   }
@@ -96,14 +95,27 @@
     if (box) box.textContent = "Could not reach the server; your message was not sent.";
   });
 
+  // Messages sent from this tab whose POST has not answered yet: a sync (which swaps the
+  // whole conversation in) must not lose them.
+  var unsent = [];
+
   // Follow the stream: keep the newest text in view unless the reader scrolled up.
-  document.addEventListener("htmx:sseBeforeMessage", function () {
+  document.addEventListener("htmx:sseBeforeMessage", function (evt) {
     var list = messages();
     if (list) list.dataset.follow = nearBottom(list) ? "1" : "";
+    if (evt.detail.type === "turn-sync") {
+      unsent = Array.prototype.slice.call(document.querySelectorAll(".turn.queued:not([id])"));
+    }
   });
   document.addEventListener("htmx:sseMessage", function (evt) {
-    if (evt.detail.type === "turn-start") {
-      settleQueued();
+    var type = evt.detail.type;
+    if (type === "turn-sync") {
+      var synced = messages();
+      if (synced) unsent.forEach(function (turn) { synced.appendChild(turn); });
+      unsent = [];
+    }
+    if (type === "turn-sync" || type === "turn-queued" || type === "turn-start") settleQueued();
+    if (type === "turn-start") {
       var warming = document.getElementById("warming");
       if (warming) warming.remove();  // a turn started: the model has loaded
     }
@@ -123,24 +135,13 @@
     layout.dataset.panel = open ? button.dataset.panel : "";
   });
 
+  // Every (re)connect starts with a turn-sync frame (the conversation, the drawer and the
+  // chat list as the log has them), so a tab that was away catches up by itself. A tab
+  // that fell too far behind gets `resync`, then the stream ends and reconnects.
   document.addEventListener("htmx:sseOpen", function () {
     setLive("open", "live");
-    if (wasBroken) {
-      // Turns may have ended while we were away: reload what the stream missed.
-      wasBroken = false;
-      var queued = Array.prototype.slice.call(document.querySelectorAll(".turn.queued"));
-      htmx.ajax("GET", location.pathname, { target: "#messages", select: "#messages", swap: "outerHTML" })
-        .then(function () {
-          // Queued messages are not stored until their turn starts: keep them in view.
-          var list = messages();
-          if (list) queued.forEach(function (turn) { list.appendChild(turn); });
-          settleQueued();
-        });
-      htmx.ajax("GET", location.pathname, { target: "#drawer", select: "#drawer", swap: "outerHTML" });
-    }
   });
   document.addEventListener("htmx:sseError", function () {
-    wasBroken = true;
     setLive("broken", "reconnecting…");
   });
 })();

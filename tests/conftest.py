@@ -155,7 +155,8 @@ async def engine(
 @pytest.fixture
 def client(settings: Settings, backend: ScriptedBackend, clock: FixedClock) -> Iterator[TestClient]:
     app = create_app(engine=Engine(settings, backend=backend, clock=clock))
-    with TestClient(app) as test_client:
+    # A loopback name the Host allow-list accepts by default (not TestClient's "testserver").
+    with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
 
 

@@ -40,7 +40,7 @@ async def run_turn(
     """Run one turn through the real runner and return its result."""
     pid = await engine.runner.resolve(chat_id, persona_id, "local", engine.default_persona_id)
     request = TurnRequest(message, "local", chat_id, pid, reward, GenOptions(max_tokens=max_tokens))
-    result = await engine.runner.submit(request).result
+    result = await (await engine.runner.submit(request)).result
     return {
         "reply": result.reply,
         "meta": result.meta.model_dump(mode="json"),

@@ -225,6 +225,53 @@ async def test_every_open_tab_receives_the_turn(live_server, backend):
     results = await asyncio.wait_for(asyncio.gather(*tabs), timeout=10)
     for events in results:
         kinds = [k for k, _ in events]
-        assert kinds[0] == "start" and kinds[-1] == "done"
+        # Accepted (queued) first, then the turn itself.
+        assert kinds[:2] == ["queued", "start"] and kinds[-1] == "done"
+        assert events[0][1]["message"] == "hi"
+        assert events[0][1]["trace_id"] == events[1][1]["trace_id"] == sent["meta"]["trace_id"]
         assert "".join(d["text"] for k, d in events if k == "delta") == sent["reply"]
         assert events[-1][1]["meta"]["trace_id"] == sent["meta"]["trace_id"]
+
+
+# ---- control characters: refused at the door, the same for the JSON API and the form ------
+
+
+@pytest.mark.parametrize(
+    ("escaped", "code"),
+    [
+        (r"\u0000", "U+0000"),
+        (r"\u001b[31m", "U+001B"),
+        (r"\ud800", "U+D800"),
+        (r"\u007f", "U+007F"),
+        (r"\u0085", "U+0085"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/persona/chat", "/persona/chat/stream"])
+def test_a_control_character_in_a_message_is_refused_and_nothing_is_written(
+    client, settings, db, path, escaped, code
+):
+    conn = db(settings.db_path)
+    before = count_events(conn)
+    raw = ('{"message": "hi' + escaped + ' there"}').encode()  # the JSON escape, as sent
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    (detail,) = r.json()["detail"]
+    assert detail["loc"] == ["body", "message"]
+    assert detail["msg"].endswith(f"message contains control character {code} at position 2")
+    assert count_events(conn) == before
+
+
+def test_tab_newline_and_carriage_return_are_text(client):
+    message = "col\tcol\nline\r\nend"
+    body = client.post("/persona/chat", json={"message": message}).json()
+    history = client.get(f"/persona/chat/{body['session_id']}").json()["messages"]
+    assert history[0]["content"] == message
+
+
+def test_the_form_refuses_a_control_character_like_the_api(client, settings, db):
+    conn = db(settings.db_path)
+    before = count_events(conn)
+    r = client.post("/chats/chat-ctl/messages", data={"message": "hi\x00 there"})
+    assert r.status_code == 422
+    assert "message contains control character U+0000 at position 2" in r.text
+    assert count_events(conn) == before

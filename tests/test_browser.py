@@ -52,6 +52,14 @@ RECORD_STREAMED_TEXT = """() => {
   });
 }"""
 
+# Every CSP violation reaches the console as an error (Chromium also logs "Refused to ..."),
+# so a tab that records console errors fails on any; installed before the page's scripts.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (evt) => {
+  console.error(`CSP violation: ${evt.violatedDirective} blocked ${evt.blockedURI || "inline"}`);
+});
+"""
+
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
@@ -77,14 +85,21 @@ def browser() -> Iterator[Any]:
 class Tab:
     """One page of the chat, recording every console error and uncaught exception."""
 
-    def __init__(self, context: Any, url: str, errors: list[str], name: str = "tab"):
+    def __init__(
+        self, context: Any, url: str, errors: list[str], name: str = "tab", live: bool = True
+    ):
         self.page = context.new_page()
         self.page.set_default_timeout(WAIT_MS)
+        self.page.add_init_script(REPORT_CSP_VIOLATIONS)
         self.page.on("console", lambda m: m.type == "error" and errors.append(f"{name}: {m.text}"))
         self.page.on("pageerror", lambda exc: errors.append(f"{name}: {exc}"))
         self.page.on("dialog", lambda dialog: errors.append(f"{name}: dialog {dialog.message}"))
         self.page.goto(url)
-        # Subscribed to the chat's stream before anything is sent.
+        if live:
+            self.listening()
+
+    def listening(self) -> None:
+        """Wait until the chat page is subscribed to its stream, and record what it streams."""
         expect(self.page.locator("#live")).to_have_attribute("data-state", "open")
         self.page.evaluate(RECORD_STREAMED_TEXT)
 
@@ -335,3 +350,55 @@ def test_the_warming_badge_shows_until_the_first_turn_starts(
             assert errors == []
         finally:
             backend.loaded.set()
+
+
+def test_an_inline_style_would_be_caught_as_a_csp_violation(
+    desktop: Any, live_server: LiveServer
+) -> None:
+    """The CSP holds, and a tab fails on a violation (what keeps the pages free of them)."""
+    errors: list[str] = []
+    tab = Tab(desktop, f"{live_server.url}/", errors)
+    inline = '<p style="color: red">x</p>'
+    with tab.page.expect_console_message(lambda m: "CSP violation" in m.text):
+        tab.page.evaluate("(html) => document.body.insertAdjacentHTML('beforeend', html)", inline)
+    assert any("CSP violation: style-src" in error for error in errors), errors
+
+
+def test_with_a_token_the_browser_logs_in_and_chats_under_the_csp(
+    desktop: Any, tmp_path: Path, clock: FixedClock
+) -> None:
+    token = "a-long-random-access-token-for-the-browser"
+    settings = Settings(
+        db_path=tmp_path / "locked.db",
+        llm={"provider": "scripted"},
+        server={"access_token": token},
+    )
+    backend = ScriptedBackend(delay_s=0.02)
+    backend.enqueue("Welcome back.\nThe maps are where you left them.")
+    errors: list[str] = []
+    with LiveServer(Engine(settings, backend=backend, clock=clock)) as server:
+        tab = Tab(desktop, f"{server.url}/", errors, live=False)
+        page = tab.page
+        expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+        page.locator("input[name=token]").fill("not the token")
+        page.locator("input[name=token]").press("Enter")
+        expect(page.locator(".form-error")).to_have_text("That is not the access token.")
+        errors.remove(next(e for e in errors if "401" in e))  # the browser logs the 401 page
+
+        page.locator("input[name=token]").fill(token)
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(re.compile(r"/chats/chat-[0-9a-f]{16}$"))
+        tab.listening()
+        tab.say("hello again")
+        expect(page.locator(".msg.assistant[data-status=completed] .text")).to_have_text(
+            "Welcome back.\nThe maps are where you left them."
+        )
+        assert page.evaluate("window.streamed") == [
+            "Welcome back.\nThe maps are where you left them."
+        ]
+        expect(page.locator("[data-testid=telemetry] meter")).to_have_count(5)
+        assert token not in page.content()
+
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login$"))
+        assert errors == []

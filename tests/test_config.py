@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from persona import cli
-from persona.config import LEGACY_NAMES, PROMPTS_DIR, Settings
+from persona.config import LEGACY_NAMES, PROMPTS_DIR, Settings, mask_url, url_credentials
 from persona.pipeline.prompts import PromptSet
 
 PROMPTS = {"system.j2": "You are {{ persona.name }}.", "turn_context.j2": "{{ memories }}"}
@@ -183,6 +183,38 @@ def test_openai_api_key_is_read_and_never_printed(monkeypatch, capsys):
     assert Settings().llm.api_key.get_secret_value() == "sk-nested-key"
 
 
+def test_config_masks_url_credentials_and_whole_secrets(monkeypatch, capsys):
+    monkeypatch.setenv("PERSONA_LLM__BASE_URL", "http://ada:pa%40ss-w0rd@llm.lan:8080/v1")
+    monkeypatch.setenv("PERSONA_LLM__API_KEY", "x")
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "tok-very-secret")
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out)
+    assert printed["llm"]["base_url"] == "http://****@llm.lan:8080/v1"
+    assert printed["llm"]["api_key"] == "****"  # the whole value, however short
+    assert printed["server"]["access_token"] == "****"
+    for secret in ("ada", "pa%40ss", "pa@ss", "w0rd", "tok-very-secret"):
+        assert secret not in out, secret
+    # A one-letter key masks only itself: every other value is printed as it is.
+    assert printed["llm"]["narrative_model"] == "SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked", "bare", "password"),
+    [
+        ("http://user:pass@host/v1", "http://****@host/v1", "http://host/v1", "pass"),
+        ("https://tok@h:1/v1?a=b", "https://****@h:1/v1?a=b", "https://h:1/v1?a=b", None),
+        ("http://u:p%40s@[::1]:80/v1", "http://****@[::1]:80/v1", "http://[::1]:80/v1", "p@s"),
+        ("http://host/v1?", "http://host/v1?", "http://host/v1?", None),
+        ("http://host/a@b", "http://host/a@b", "http://host/a@b", None),  # @ in the path
+        ("persona.lan", "persona.lan", "persona.lan", None),  # not a URL
+    ],
+)
+def test_url_user_info_is_masked_and_split_off(url, masked, bare, password):
+    assert mask_url(url) == masked
+    assert url_credentials(url) == (bare, password)
+
+
 def test_config_hash_covers_behaviour_not_placement(tmp_path):
     base = Settings().config_hash(PROMPTS)
     assert Settings().config_hash(PROMPTS) == base
@@ -289,3 +321,11 @@ def test_access_token_and_allowed_hosts_read_from_their_documented_names(monkeyp
     assert s.server.access_token is not None
     assert s.server.access_token.get_secret_value() == "tok-123"
     assert s.server.allowed_hosts == ["persona.lan"]
+
+
+def test_config_hash_names_the_server_but_not_the_password_in_its_url():
+    def hashed(url: str) -> str:
+        return Settings.model_validate({"llm": {"base_url": url}}).config_hash({})
+
+    assert hashed("http://u:one@h:1/v1") == hashed("http://u:two@h:1/v1")
+    assert hashed("http://u:one@h:1/v1") != hashed("http://u:one@other:1/v1")

@@ -61,6 +61,8 @@ async def test_streams_from_real_server(backend: OpenAIBackend) -> None:
     assert response.full_text.strip()
     assert response.first_token_s is not None and response.total_s is not None
     assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+    # A real server says how the reply ended; without that it would count as broken.
+    assert response.usage.finish_reason in ("stop", "length")
 
 
 @pytest.mark.slow

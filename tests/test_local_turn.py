@@ -30,7 +30,7 @@ def test_a_real_turn_streams_from_the_embedded_model(tmp_path, db):
         db_path=tmp_path / "real.db", llm={"provider": "local"}, generation={"max_tokens": 24}
     )
     app = create_app(engine=Engine(settings, clock=FixedClock()))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         with client.stream(
             "POST", "/persona/chat/stream", json={"message": "Hello! Who are you?"}
         ) as r:

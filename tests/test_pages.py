@@ -178,10 +178,15 @@ def test_post_message_answers_202_at_once_and_the_turn_completes(
     assert gate.reached.wait(10), "the turn never reached its reply"
 
     def finished() -> list | None:
-        history = client.get(f"/persona/chat/{sid}")  # 404 until the turn has started
+        history = client.get(f"/persona/chat/{sid}")
         messages = history.json()["messages"] if history.status_code == 200 else []
         return messages if messages and messages[-1]["role"] == "assistant" else None
 
+    # Recorded before the 202: the chat and its message are there while the reply is held.
+    held = client.get(f"/persona/chat/{sid}").json()["messages"]
+    assert [(m["content"], m["trace_id"]) for m in held] == [
+        ("hi from the form", response.headers[TRACE_HEADER])
+    ]
     assert finished() is None  # the turn is running and has no reply yet
     gate.open()
     messages = wait_until(finished, timeout=10)
@@ -295,12 +300,19 @@ def test_every_stream_of_a_chat_gets_every_turn_as_escaped_fragments(
     assert tabs[0] == tabs[1]  # the tab that sent it and the one that did not see the same
     events = tabs[0]
     kinds = [kind for kind, _ in events]
-    assert kinds[0] == "turn-start" and kinds[-1] == "turn-done"
-    assert set(kinds[1:-1]) == {"turn-delta"}
+    # Accepted (queued) before it starts; no sync frame: the chat did not exist yet.
+    assert kinds[:2] == ["turn-queued", "turn-start"] and kinds[-1] == "turn-done"
+    assert set(kinds[2:-1]) == {"turn-delta"}
     trace_id = re.search(r'id="turn-([0-9a-f]{32})"', events[0][1]).group(1)  # type: ignore[union-attr]
-    start, done = events[0][1], events[-1][1]
-    assert 'hx-swap-oob="beforeend:#messages"' in start
-    assert f'<div class="text">{html.escape(XSS, quote=False)}\nline 2</div>' in start
+    queued, start, done = events[0][1], events[1][1], events[-1][1]
+    escaped = f'<div class="text">{html.escape(XSS, quote=False)}\nline 2</div>'
+    # Queued: added at the end of the conversation; started: that element replaced.
+    assert 'hx-swap-oob="beforeend:#messages"' in queued
+    assert f'class="turn queued" id="turn-{trace_id}" data-trace="{trace_id}">' in queued
+    assert escaped in queued and 'data-status="queued" hidden' in queued
+    assert f'<article class="turn" id="turn-{trace_id}" hx-swap-oob="true">' in start
+    assert "beforeend:#messages" not in start
+    assert escaped in start
     assert f'id="a-{trace_id}" data-status="started"' in start
     assert re.search(r'<nav id="chat-list" [^>]*hx-swap-oob="true"', start)
     # Deltas rejoin to the exact reply, newline included, and each is escaped.

@@ -38,10 +38,11 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
     result = await run_turn(engine, "Hello! I'm Sam.")
     trace = result["meta"]["trace_id"]
     events = _events(engine, trace)
-    assert [e.type for e in events] == ["chat.started", *TURN_EVENTS]
-    started = events[1]
+    # Accepted (queued) before it ran; the chat begins with its first accepted message.
+    assert [e.type for e in events] == ["chat.started", "turn.queued", *TURN_EVENTS]
+    started = events[2]
     assert all(e.trace_id == trace for e in events)
-    assert all(e.parent_event_id == started.event_id for e in events[2:])
+    assert all(e.parent_event_id == started.event_id for e in events[3:])
     actors = {e.type: e.actor for e in events}
     assert actors["perception.completed"] == "perception"
     assert actors["memory.retrieved"] == "memory"
@@ -57,7 +58,7 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
     reply = next(e for e in events if e.type == "reply.completed")
     assert reply.model == "scripted" and reply.tokens_out and reply.payload.prompt
     # Each stage's latency sits on its own event.
-    for e in events[1:6]:
+    for e in events[2:7]:
         assert e.latency_ms is not None and e.latency_ms >= 0
 
 
@@ -157,7 +158,7 @@ async def test_turns_on_one_chat_are_serialized(engine, backend):
 
     backend.delay_s = 0.01
     handles = [
-        engine.runner.submit(
+        await engine.runner.submit(
             TurnRequest(f"message {i}", "local", "c", "default", 0.0, GenOptions())
         )
         for i in range(3)

@@ -302,7 +302,7 @@ async def _tuned_turn(
     await engine.start()
     try:
         request = await build_request(engine, ChatRequest(message="hello", **body))
-        result = await engine.runner.submit(request).result
+        result = await (await engine.runner.submit(request)).result
         events = read_events(db(settings.db_path), trace_id=result.trace_id)
         started = next(e.payload for e in events if isinstance(e.payload, TurnStarted))
     finally:
@@ -398,3 +398,48 @@ async def test_a_gguf_given_by_path_loads_with_its_own_chat_template() -> None:
         assert llm.chat_format != "llama-2"
     finally:
         await backend.aclose()
+
+
+# ---- control characters in the model's output ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("Hello\x00 Sam.", "Hello Sam."),
+        ("\x1b[31mRed\x1b[0m alert.", "Red alert."),  # an escape sequence goes whole
+        ("\x1b]0;title\x07Hi.", "Hi."),
+        ("Bell\x07 and DEL\x7f and C1\x85 go.", "Bell and DEL and C1 go."),
+        ("Lone \ud800surrogate.", "Lone surrogate."),
+    ],
+)
+def test_control_characters_are_removed_and_flagged(raw: str, kept: str) -> None:
+    assert check(raw) == rc.CheckedReply(kept, (rc.CONTROL,))
+
+
+def test_tabs_and_line_breaks_are_no_control_characters() -> None:
+    text = "One\ttwo.\nThree.\r\nFour."
+    assert check(text) == rc.CheckedReply(text, ())
+
+
+def test_an_escape_code_cannot_hide_a_label() -> None:
+    assert check("\x1b[1mMira:\x1b[0m Hello there.") == rc.CheckedReply(
+        "Hello there.", (rc.CONTROL, rc.LABEL)
+    )
+    assert rc.CONTROL not in rc.DEGENERATE  # what is left is still a reply worth keeping
+
+
+async def test_a_reply_with_control_characters_is_stored_without_them(engine, backend, db):
+    raw = "\x1b[31mHello\x00 Sam.\x1b[0m"
+    backend.enqueue(raw)
+    result = await run_turn(engine, "hi")
+    assert result["reply"] == "Hello Sam."
+    assert result["meta"]["reply_flags"] == ["control"]
+    payloads = _events(engine, db, result["trace_id"])
+    reply = next(p for p in payloads if isinstance(p, ReplyCompleted))
+    assert (reply.reply, reply.raw_reply, reply.flags) == ("Hello Sam.", raw, ["control"])
+    # What the next turn's prompt and the memory hold is the cleaned reply.
+    written = next(p for p in payloads if isinstance(p, MemoryWritten))
+    assert written.content.endswith("replied: Hello Sam.")
+    await run_turn(engine, "and then?")
+    assert backend.calls[-1][2].content == "Hello Sam."

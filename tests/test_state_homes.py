@@ -33,7 +33,7 @@ async def test_concurrent_turns_in_many_chats_give_the_serial_affinity(engine, b
     backend.delay_s = 0.002  # interleave the turns' streams
     n = 4
     handles = [
-        engine.runner.submit(
+        await engine.runner.submit(
             TurnRequest(f"hello from chat {i}", "local", f"c{i}", "default", 1.0, GenOptions())
         )
         for i in range(n)

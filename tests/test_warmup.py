@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from helpers import run_turn
+from helpers import async_wait_until, run_turn
 
 from persona.engine import Engine
 from persona.llm.scripted import ScriptedBackend
@@ -32,11 +32,14 @@ async def test_turns_wait_for_the_model_then_run(settings, clock):
         await backend.warming.wait()
         assert not engine.ready.is_set()
         turn = asyncio.ensure_future(run_turn(engine, "hello while loading"))
-        await asyncio.sleep(0)
+        # Accepted (queued) at once, but nothing begins while the model loads.
+        queued = await async_wait_until(lambda: engine.store.read(queries.conversation, "chat-1"))
         for _ in range(5):  # let the runner reach the wait
             await asyncio.sleep(0)
         assert not turn.done() and backend.calls == []
-        assert await engine.store.read(queries.get_chat, "chat-1") is None  # nothing begun
+        assert [t["status"] for t in queued] == ["queued"]
+        turns = await engine.store.read(queries.conversation, "chat-1")
+        assert [t["status"] for t in turns] == ["queued"]  # still: nothing begun
         backend.gate.set()
         result = await turn
         assert result["reply"] and engine.ready.is_set()
@@ -67,7 +70,7 @@ def test_health_says_warming_until_the_model_is_loaded(settings, clock):
 
     backend = SlowToLoad()
     engine = Engine(settings, backend=backend, clock=clock)
-    with TestClient(create_app(engine=engine)) as client:
+    with TestClient(create_app(engine=engine), base_url="http://localhost") as client:
         assert client.get("/health").json() == {"status": "ok", "model": "warming"}
         client.portal.call(backend.gate.set)  # open the gate on the app's loop
         client.portal.call(engine.ready.wait)

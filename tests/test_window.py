@@ -46,7 +46,7 @@ async def test_forty_long_turns_never_exceed_the_window(settings, clock):
 def test_a_message_too_long_for_the_window_is_refused_up_front(settings, clock):
     backend = ScriptedBackend(context_window=512)
     engine = Engine(settings, backend=backend, clock=clock)
-    with TestClient(create_app(engine=engine)) as client:
+    with TestClient(create_app(engine=engine), base_url="http://localhost") as client:
         before = engine.store.sync_read(count_events)
         long = "lighthouse keeper " * 400
         r = client.post("/persona/chat", json={"message": long, "gen": {"max_tokens": 100}})

@@ -39,6 +39,7 @@ from persona.events.decisions import (
 )
 from persona.events.memory import MemoryWritten
 from persona.events.persona import PersonaCreated, PersonaFields, PersonaRevised
+from persona.events.queue import TurnQueued
 from persona.events.relationship import EdgeAsserted
 from persona.events.state import ChatState
 from persona.events.telemetry import TelemetryRecorded
@@ -48,6 +49,7 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     PersonaCreated,
     PersonaRevised,
     ChatStarted,
+    TurnQueued,
     TurnStarted,
     Perception,
     ClassifierFailed,
@@ -97,6 +99,7 @@ __all__ = [
     "TelemetryRecorded",
     "TurnCompleted",
     "TurnFailed",
+    "TurnQueued",
     "TurnStarted",
     "UnknownEventType",
     "UpcastError",

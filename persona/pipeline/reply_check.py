@@ -2,8 +2,9 @@
 
 Pure functions over the generated text. A tiny model loops ("I'm glad you're here." ×20),
 opens with a transcript label ("Mira replied: …"), writes the user's next line, runs
-into the token cap mid-sentence, or copies one of its earlier replies. What is stored
-(and shown once the reply is done) is the cleaned text; the flags say what was done.
+into the token cap mid-sentence, copies one of its earlier replies, or emits control
+characters a page cannot show (a NUL, a terminal colour code). What is stored (and shown
+once the reply is done) is the cleaned text; the flags say what was done.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from persona.llm.base import GenOptions
 
 # Flags, in the order the checks run.
+CONTROL = "control"  # control characters (and terminal escape sequences) were removed
 LABEL = "label"  # a leading speaker label ("Mira:", "User said:") was removed
 CONTINUED = "continued"  # the reply went on with another speaker's line; cut there
 LOOP = "loop"  # a repetition loop, cut where it began
@@ -28,6 +30,19 @@ NGRAM = 4  # a loop: some word 4-gram occurs LOOP_REPEATS times or more
 LOOP_REPEATS = 3
 CHAR_RUN = 10  # a loop: one non-space character this many times in a row ("🐦" ×50)
 CHAR_RUN_KEEP = 3  # how many of a runaway character survive ("!!!" is fine)
+
+# Control characters a page cannot show: C0 but tab, line feed and carriage return; DEL;
+# C1 (together, Unicode's category Cc less those three). A regex class body that Python,
+# ECMAScript and Rust read alike: requests publish it in their JSON Schema.
+CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# Lone surrogates too: no UTF-8 text holds one, so neither a page nor the database can.
+_CONTROL = re.compile(rf"[{CONTROL_CLASS}\ud800-\udfff]")
+# Terminal escape sequences, removed whole so no "[31m" is left behind: CSI ("ESC [" or
+# U+009B, parameters, a final byte), OSC ("ESC ]" up to BEL or "ESC \\"; unterminated, only
+# its opening goes, or the rest of the reply would), and the short escapes ("ESC (B").
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]"
+)
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
 _VERBS = r"(?:said|says|replied|replies|asked|asks|answered|answers|wrote|writes)"
@@ -151,6 +166,18 @@ def trim_to_sentence(text: str) -> str:
     return f"{words}…" if words else ""
 
 
+def first_control(text: str) -> tuple[int, str] | None:
+    """The position and character of the first control character (or lone surrogate)."""
+    match = _CONTROL.search(text)
+    return (match.start(), match.group()) if match else None
+
+
+def strip_controls(text: str) -> str:
+    """The text without terminal escape sequences and control characters (tab, line feed
+    and carriage return stay)."""
+    return _CONTROL.sub("", _ESCAPE.sub("", text))
+
+
 REPEAT_MIN_WORDS = 4  # "Thank you!" twice is manners, not a copied reply
 
 
@@ -162,12 +189,16 @@ def _same_words(a: str, b: str) -> bool:
 def check_reply(
     text: str, labels: Sequence[str], hit_cap: bool, previous: Sequence[str] = ()
 ) -> CheckedReply:
-    """Clean a generated reply: strip a leading label, cut a continuation or a loop, trim
-    a reply the token cap cut mid-sentence, flag a copy of an earlier reply (`previous`,
-    the persona's recent replies). Returns the text to store and the flags; a reply with
-    nothing to clean comes back exactly as it was."""
+    """Clean a generated reply: remove control characters, strip a leading label, cut a
+    continuation or a loop, trim a reply the token cap cut mid-sentence, flag a copy of an
+    earlier reply (`previous`, the persona's recent replies). Returns the text to store and
+    the flags; a reply with nothing to clean comes back exactly as it was."""
     original = text
     flags: list[str] = []
+    # First: an escape code can hide a label ("\x1b[1mMira:\x1b[0m hi").
+    if first_control(text) is not None:
+        flags.append(CONTROL)
+        text = strip_controls(text)
     text, stripped = strip_label(text, labels)
     if stripped:
         flags.append(LABEL)

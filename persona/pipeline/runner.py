@@ -1,16 +1,31 @@
-"""The turn runner: server-side turns, serialized per chat, independent of any request."""
+"""The turn runner: server-side turns, serialized per chat, independent of any request.
+
+A turn is recorded (turn.queued) before `submit` returns, so every accepted message leaves
+a trace. Each chat holds at most `server.chat_queue_limit` turns waiting or running; one
+more is refused (QueueFull) before anything is written. At shutdown, running turns get
+`server.shutdown_grace_s`, then are cancelled; queued ones never start and are failed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from persona.config import Settings
-from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound, TurnFailed
+from persona.errors import (
+    ChatConflict,
+    MessageTooLong,
+    PersonaNotFound,
+    QueueFull,
+    ShuttingDown,
+    TurnFailed,
+)
+from persona.events import ChatStarted, TurnQueued
 from persona.llm.base import Backend
 from persona.pipeline.broadcast import Broadcaster, TurnEvent
 from persona.pipeline.context import PostStage, Stage, StageEnv, TurnContext, TurnRequest
@@ -20,11 +35,20 @@ from persona.pipeline.metacognition import MetacognitionStage
 from persona.pipeline.perception import PerceptionStage
 from persona.pipeline.post import DEFAULT_POST_STAGES
 from persona.pipeline.prompts import PromptSet
-from persona.pipeline.recovery import recover
+from persona.pipeline.recovery import (
+    QUEUE_STAGE,
+    SHUTDOWN,
+    SHUTDOWN_QUEUED,
+    fail_unfinished,
+    failure,
+    recover,
+)
+from persona.pipeline.reply_check import strip_controls
 from persona.pipeline.speaker import SpeakerStage
-from persona.pipeline.turn import Identity, Turn, TurnResult
+from persona.pipeline.turn import Identity, Turn, TurnResult, chat_stream
 from persona.storage import queries
-from persona.storage.store import ReadOnly, Store
+from persona.storage.eventlog import Event, NewEvent
+from persona.storage.store import ReadOnly, Store, WriteTx
 from persona.version import ENGINE_VERSION, build_sha
 
 log = logging.getLogger(__name__)
@@ -38,6 +62,13 @@ DEFAULT_STAGES: tuple[Stage, ...] = (
 )
 
 
+# Retry-After per turn ahead of a refused one: a floor, honest for the small models this
+# runs (a turn of a big model takes longer; the client then waits and retries again).
+RETRY_S_PER_TURN = 1
+# How long shutdown waits for cancelled turns to record their failure (a hang guard).
+CANCEL_WAIT_S = 10.0
+
+
 @dataclass
 class TurnHandle:
     """A submitted turn: its ids now, its result when it ends."""
@@ -46,6 +77,53 @@ class TurnHandle:
     turn_id: str
     chat_id: str
     result: asyncio.Future[TurnResult] = field(repr=False)
+
+
+@dataclass
+class _Slot:
+    """A turn's place in its chat's queue; `go` resolves when the turns ahead have ended."""
+
+    handle: TurnHandle
+    go: asyncio.Future[None]
+    started: bool = False
+
+
+def retry_after_s(ahead: int) -> int:
+    """Seconds a refused client should wait: a second per turn ahead, at least one."""
+    return max(1, ahead * RETRY_S_PER_TURN)
+
+
+def queue_events(tx: WriteTx, request: TurnRequest, handle: TurnHandle, ahead: int) -> list[Event]:
+    """Record a turn as queued, and its chat as started if this is its first turn.
+
+    Runs in the writer's transaction: of two first messages to one new chat, only the
+    first writes chat.started.
+    """
+    chat = tx.read(queries.get_chat, request.chat_id)
+    if chat is not None and chat["persona_id"] != request.persona_id:
+        raise ChatConflict(f"session {request.chat_id!r} belongs to persona {chat['persona_id']!r}")
+    stream = chat_stream(request.chat_id)
+    new = []
+    if chat is None:
+        title = " ".join(request.message.split())[:60] or "chat"
+        started = ChatStarted(
+            chat_id=request.chat_id,
+            persona_id=request.persona_id,
+            user_id=request.user_id,
+            title=title,
+        )
+        new.append(NewEvent(started, stream, "runner", trace_id=handle.trace_id))
+    queued = TurnQueued(
+        turn_id=handle.turn_id,
+        chat_id=request.chat_id,
+        persona_id=request.persona_id,
+        user_id=request.user_id,
+        message=request.message,
+        reward_signal=request.reward_signal,
+        ahead=ahead,
+    )
+    new.append(NewEvent(queued, stream, "runner", trace_id=handle.trace_id))
+    return tx.append(new)
 
 
 class TurnRunner:
@@ -80,8 +158,11 @@ class TurnRunner:
         )
         self.env = StageEnv(settings, ReadOnly(store), backend, backend.count_tokens, self.prompts)
         self.ready = ready
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Per chat, its turns waiting or running, in order; a chat with none has no entry.
+        self._queues: dict[str, deque[_Slot]] = {}
+        self._tasks: dict[asyncio.Task[None], _Slot] = {}
+        self._accepting: set[asyncio.Future[None]] = set()
+        self._closing = False
 
     async def resolve(
         self, chat_id: str, persona_id: str | None, user_id: str, default_persona: str
@@ -108,81 +189,196 @@ class TurnRunner:
             window = self.backend.context_window()
             raise MessageTooLong(tokens, max(limit, 0), window, request.gen.max_tokens)
 
-    def submit(self, request: TurnRequest) -> TurnHandle:
-        """Queue a turn on its chat; it runs even if the caller goes away."""
+    def queued(self, chat_id: str) -> int:
+        """How many turns of a chat wait or run."""
+        return len(self._queues.get(chat_id, ()))
+
+    def busy_chats(self) -> int:
+        """How many chats have a turn waiting or running: the only ones with state here."""
+        return len(self._queues)
+
+    async def submit(self, request: TurnRequest) -> TurnHandle:
+        """Record a turn as queued on its chat, then run it even if the caller goes away.
+
+        Raises QueueFull, before anything is written, when the chat already has
+        `server.chat_queue_limit` turns waiting or running.
+        """
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        limit = self.settings.server.chat_queue_limit
+        ahead = self.queued(request.chat_id)
+        if ahead >= limit:
+            raise QueueFull(request.chat_id, limit, retry_after_s(ahead))
         loop = asyncio.get_running_loop()
         handle = TurnHandle(
             uuid.uuid4().hex, uuid.uuid4().hex, request.chat_id, loop.create_future()
         )
         # Fire-and-forget callers (the HTML form) never read the result: mark it retrieved.
         handle.result.add_done_callback(lambda f: f.cancelled() or f.exception())
-        task = loop.create_task(self._run(request, handle), name=f"turn-{handle.trace_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        slot = _Slot(handle, loop.create_future())
+        # Take the place before awaiting the write, so concurrent submits count it.
+        chat = self._queues.setdefault(request.chat_id, deque())
+        chat.append(slot)
+        if len(chat) == 1:
+            slot.go.set_result(None)
+        # Shielded: a caller that goes away mid-write must not leave a queued turn behind
+        # that no task runs.
+        accept = asyncio.ensure_future(self._accept(request, slot, ahead))
+        self._accepting.add(accept)
+        accept.add_done_callback(self._accepted)
+        await asyncio.shield(accept)
         return handle
 
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Wait for in-flight turns (shutdown); unfinished ones are failed on next start."""
+    async def _accept(self, request: TurnRequest, slot: _Slot, ahead: int) -> None:
+        handle = slot.handle
+        try:
+            await self.store.transact(lambda tx: queue_events(tx, request, handle, ahead))
+        except BaseException:
+            self._release(request.chat_id, slot)
+            raise
+        if self._closing:  # shutdown began during the write: it will never start
+            await self._fail_queued(request, slot)
+            return
+        self._publish(
+            handle,
+            "queued",
+            {
+                "trace_id": handle.trace_id,
+                "session_id": request.chat_id,
+                "turn_id": handle.turn_id,
+                "message": request.message,
+            },
+        )
+        task = asyncio.create_task(self._run(request, slot), name=f"turn-{handle.trace_id}")
+        self._tasks[task] = slot
+        task.add_done_callback(self._forget)
+
+    def _accepted(self, accept: asyncio.Future[None]) -> None:
+        self._accepting.discard(accept)
+        if not accept.cancelled():
+            accept.exception()  # the submitter got it (or went away): mark it retrieved
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    def _release(self, chat_id: str, slot: _Slot) -> None:
+        """Take an ended turn off its chat's queue; wake the next one, or forget the chat."""
+        chat = self._queues.get(chat_id)
+        if chat is None or slot not in chat:
+            return
+        chat.remove(slot)
+        if not chat:
+            del self._queues[chat_id]  # nothing waits: keep no per-chat state
+        elif not chat[0].go.done():
+            chat[0].go.set_result(None)
+
+    async def drain(self, grace_s: float) -> None:
+        """Shut down: queued turns never start; running ones get `grace_s`, then are cancelled.
+
+        Returns once every turn's end is in the log: the cancelled ones record their own
+        failure; the queued ones, and any a cancellation caught mid-write (left started
+        or queued), are failed here. Every caller waiting on a handle is answered.
+        """
+        self._closing = True
+        if self._accepting:  # turns being written now fail themselves once written
+            await asyncio.wait(set(self._accepting), timeout=CANCEL_WAIT_S)
+        slots = dict(self._tasks)
+        # Cancelled before anything is awaited: no queued turn can start meanwhile.
+        for task, slot in slots.items():
+            if not slot.started:
+                task.cancel()
+        running = [task for task, slot in slots.items() if slot.started]
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            for task in late:
+                task.cancel()  # cancels the model call; Turn.execute records the failure
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=CANCEL_WAIT_S)
+        await fail_unfinished(
+            self.store, started=("runner", SHUTDOWN), queued=(QUEUE_STAGE, SHUTDOWN_QUEUED)
+        )
+        for slot in slots.values():
+            if not slot.handle.result.done():
+                self._fail(slot.handle, SHUTDOWN if slot.started else SHUTDOWN_QUEUED)
 
     async def recover(self) -> int:
-        """Record turns left 'started' by a dead process as failed. Returns how many."""
+        """Record turns left started or queued by a dead process as failed. Returns how many."""
         return await recover(self.store)
 
     def _publish(self, handle: TurnHandle, kind: str, data: dict[str, Any]) -> None:
         self.broadcaster.publish(TurnEvent(kind, handle.chat_id, handle.trace_id, data))
 
-    async def _run(self, request: TurnRequest, handle: TurnHandle) -> None:
-        lock = self._locks.setdefault(request.chat_id, asyncio.Lock())
-        async with lock:
+    def _fail(self, handle: TurnHandle, error: str) -> None:
+        if not handle.result.done():
+            handle.result.set_exception(TurnFailed(error, handle.trace_id))
+        self._publish(handle, "error", {"error": error, "trace_id": handle.trace_id})
+
+    async def _run(self, request: TurnRequest, slot: _Slot) -> None:
+        try:
+            # Queued until here: a cancellation (shutdown) leaves drain to record it.
+            await slot.go  # the turns ahead of it on this chat
             if self.ready is not None:
                 await self.ready.wait()  # the model is still loading
-            turn = Turn(
-                self.store,
-                self.env,
-                self.stages,
-                self.speaker,
-                self.post_stages,
-                self.identity,
-                request,
-                handle.trace_id,
-                handle.turn_id,
+            slot.started = True
+            await self._execute(request, slot.handle)
+        finally:
+            self._release(request.chat_id, slot)
+
+    async def _fail_queued(self, request: TurnRequest, slot: _Slot) -> None:
+        handle = slot.handle
+        ids = (handle.turn_id, request.chat_id, request.persona_id, handle.trace_id)
+        try:
+            await self.store.append([failure(*ids, QUEUE_STAGE, SHUTDOWN_QUEUED)])
+        finally:
+            self._release(request.chat_id, slot)
+            self._fail(handle, SHUTDOWN_QUEUED)
+
+    async def _execute(self, request: TurnRequest, handle: TurnHandle) -> None:
+        turn = Turn(
+            self.store,
+            self.env,
+            self.stages,
+            self.speaker,
+            self.post_stages,
+            self.identity,
+            request,
+            handle.trace_id,
+            handle.turn_id,
+        )
+
+        def started(ctx: TurnContext) -> None:
+            self._publish(
+                handle,
+                "start",
+                {
+                    "trace_id": ctx.trace_id,
+                    "session_id": request.chat_id,
+                    "turn_id": ctx.turn_id,
+                    "message": request.message,
+                },
             )
 
-            def started(ctx: TurnContext) -> None:
-                self._publish(
-                    handle,
-                    "start",
-                    {
-                        "trace_id": ctx.trace_id,
-                        "session_id": request.chat_id,
-                        "turn_id": ctx.turn_id,
-                        "message": request.message,
-                    },
-                )
-
-            try:
-                result = await turn.execute(
-                    started, lambda text: self._publish(handle, "delta", {"text": text})
-                )
-            except TurnFailed as exc:
-                if not handle.result.done():
-                    handle.result.set_exception(exc)
-                self._publish(handle, "error", {"error": str(exc), "trace_id": handle.trace_id})
-            except BaseException as exc:  # never leave the caller waiting
-                if not handle.result.done():
-                    handle.result.set_exception(TurnFailed("internal error", handle.trace_id))
-                self._publish(
-                    handle, "error", {"error": "internal error", "trace_id": handle.trace_id}
-                )
-                if not isinstance(exc, Exception):
-                    raise
-                log.exception("turn %s crashed", handle.trace_id)
-            else:
-                handle.result.set_result(result)
-                self._publish(
-                    handle,
-                    "done",
-                    {"reply": result.reply, "meta": result.meta.model_dump(mode="json")},
-                )
+        try:
+            result = await turn.execute(
+                started,
+                # Live text without control characters (the reply check strips them from
+                # the stored reply; the page must not show them meanwhile).
+                lambda text: self._publish(handle, "delta", {"text": strip_controls(text)}),
+            )
+        except TurnFailed as exc:
+            self._fail(handle, str(exc))
+        except asyncio.CancelledError:  # shutdown: Turn.execute recorded the failure
+            self._fail(handle, SHUTDOWN)
+            raise
+        except BaseException as exc:  # never leave the caller waiting
+            self._fail(handle, "internal error")
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("turn %s crashed", handle.trace_id)
+        else:
+            handle.result.set_result(result)
+            self._publish(
+                handle,
+                "done",
+                {"reply": result.reply, "meta": result.meta.model_dump(mode="json")},
+            )

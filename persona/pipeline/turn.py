@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from persona.errors import PersonaNotFound, TurnFailed
 from persona.events import (
@@ -144,6 +144,8 @@ class Turn:
         self.failing_stage = "runner"
         # Time spent appending before the completion (an event cannot time its own append).
         self.writes_ms = 0.0
+        # The write of a whole reply, once it began (shutdown lets it finish).
+        self._recording: asyncio.Future[None] | None = None
 
     def _event(self, payload: EventPayload, actor: str, **envelope: Any) -> NewEvent:
         return NewEvent(
@@ -239,8 +241,11 @@ class Turn:
             self.events += await self.store.append(events)
             self.writes_ms += _ms(t_write)
 
-    async def speak(self, ctx: TurnContext, on_delta: OnDelta) -> None:
-        """Stream the reply; then record it with the post-reply work, atomically."""
+    async def speak(self, ctx: TurnContext, on_delta: OnDelta) -> NewEvent:
+        """Stream the reply and check it; return its reply.completed, not yet recorded.
+
+        LLMError unless the backend finished normally and the checked reply has text.
+        """
         self.failing_stage = self.speaker.name
         t0 = time.perf_counter()
         prompt, response = self.speaker.start(ctx, self.env)
@@ -256,8 +261,10 @@ class Turn:
         ctx.reply = checked.text
         speaker_ms = _ms(t0)
         decision = self.speaker.decision(ctx, prompt, response, checked)
+        # How the backend ended it (stop or length: LLMResponse refuses any other).
+        decision = decision.model_copy(update={"finish_reason": response.usage.finish_reason})
         ctx.record(decision)  # post-reply stages read the reply's flags
-        reply = self._event(
+        return self._event(
             decision,
             self.speaker.name,
             model=self.identity.model,
@@ -265,6 +272,9 @@ class Turn:
             tokens_out=response.usage.completion_tokens,
             latency_ms=speaker_ms,
         )
+
+    async def record(self, ctx: TurnContext, reply: NewEvent) -> None:
+        """Record the reply with the post-reply work and turn.completed, atomically."""
         self.failing_stage = "post"
         self.events += await self.store.transact(lambda tx: self._complete(tx, ctx, reply))
 
@@ -298,8 +308,8 @@ class Turn:
             meta_reply(self.events), meta, self.request.chat_id, self.turn_id, self.trace_id
         )
 
-    async def fail(self, stage: str, error: str, partial_chars: int) -> None:
-        """Record the turn as failed (never a half answer)."""
+    async def fail(self, stage: str, error: str, partial: str) -> None:
+        """Record the turn as failed, what streamed kept as a failed attempt (never an answer)."""
         await self.store.append(
             [
                 self._event(
@@ -309,7 +319,8 @@ class Turn:
                         persona_id=self.request.persona_id,
                         stage=stage,
                         error=error,
-                        partial_reply_chars=partial_chars,
+                        partial_reply_chars=len(partial),
+                        partial_reply=partial or None,
                     ),
                     "runner",
                 )
@@ -319,26 +330,57 @@ class Turn:
     async def execute(
         self, on_start: Callable[[TurnContext], None], on_delta: OnDelta
     ) -> TurnResult:
-        """Begin, run every stage, speak, complete; record a failure as turn.failed."""
+        """Begin, run every stage, speak, complete; record a failure as turn.failed.
+
+        The stages and the reply share one deadline, `llm.turn_timeout_s`; once the reply
+        is whole, recording it is not cut short. A cancellation from outside (shutdown)
+        is recorded as such and propagates.
+        """
         ctx = await self.begin()
         on_start(ctx)
+        limit = self.env.settings.llm.turn_timeout_s
+        deadline = asyncio.timeout(limit)
         try:
-            await self.run_stages(ctx)
-            await self.speak(ctx, on_delta)
+            async with deadline:
+                await self.run_stages(ctx)
+                reply = await self.speak(ctx, on_delta)
+            # A whole reply is recorded whatever the time, and even when shutdown cancels
+            # the turn meanwhile: the write finishes and the turn stays completed.
+            self._recording = asyncio.ensure_future(self.record(ctx, reply))
+            await asyncio.shield(self._recording)
             return self.result()
         except LLMError as exc:
-            await self.fail(self.failing_stage, f"LLM failed: {exc}", len(ctx.reply))
+            await self.fail(self.failing_stage, f"LLM failed: {exc}", ctx.reply)
             raise TurnFailed(f"LLM failed: {exc}", self.trace_id) from exc
+        except TimeoutError as exc:
+            if not deadline.expired():  # not ours: some stage's own timeout leaked out
+                await self._crashed(ctx, exc)
+            error = f"turn deadline ({limit:g}s) passed during {self.failing_stage}"
+            await self.fail(self.failing_stage, error, ctx.reply)
+            raise TurnFailed(error, self.trace_id) from exc
         except asyncio.CancelledError:
+            recording = self._recording
+            if recording is not None:
+                await asyncio.wait([recording])
+                if not recording.cancelled() and recording.exception() is None:
+                    # The reply landed: the turn is complete, not failed, and its caller
+                    # gets it. The cancellation had nothing left to stop.
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    return self.result()
             await asyncio.shield(
-                self.fail(self.failing_stage, "cancelled: server shutting down", len(ctx.reply))
+                self.fail(self.failing_stage, "cancelled: server shutting down", ctx.reply)
             )
             raise
         except Exception as exc:
-            log.exception("stage %s failed in turn %s", self.failing_stage, self.trace_id)
-            stage = self.failing_stage
-            await self.fail(stage, f"internal error in {stage}", len(ctx.reply))
-            raise TurnFailed(f"internal error in {stage}", self.trace_id) from exc
+            await self._crashed(ctx, exc)
+
+    async def _crashed(self, ctx: TurnContext, exc: Exception) -> NoReturn:
+        log.exception("stage %s failed in turn %s", self.failing_stage, self.trace_id)
+        stage = self.failing_stage
+        await self.fail(stage, f"internal error in {stage}", ctx.reply)
+        raise TurnFailed(f"internal error in {stage}", self.trace_id) from exc
 
 
 def meta_reply(events: Sequence[Event]) -> str:

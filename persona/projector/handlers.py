@@ -28,6 +28,7 @@ from persona.events import (
     TelemetryRecorded,
     TurnCompleted,
     TurnFailed,
+    TurnQueued,
     TurnStarted,
     Workspace,
 )
@@ -92,18 +93,39 @@ def chat_started(conn: sqlite3.Connection, e: Event, p: ChatStarted) -> None:
     )
 
 
+def _head(conn: sqlite3.Connection, chat_id: str) -> tuple[str, int] | None:
+    """The chat's newest completed turn and its depth (None before one completed)."""
+    row = conn.execute(
+        "SELECT t.turn_id, t.depth FROM chats c JOIN turns t ON t.turn_id = c.head_turn_id"
+        " WHERE c.chat_id = ?",
+        (chat_id,),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def turn_queued(conn: sqlite3.Connection, e: Event, p: TurnQueued) -> None:
+    # No parent or depth yet: the turns ahead of it decide what it will continue.
+    conn.execute(
+        "INSERT INTO turns (turn_id, chat_id, trace_id, queued_seq, status, user_message)"
+        " VALUES (?, ?, ?, ?, 'queued', ?)",
+        (p.turn_id, p.chat_id, e.trace_id, e.seq, p.message),
+    )
+    conn.execute("UPDATE chats SET updated_at = ? WHERE chat_id = ?", (_at(e), p.chat_id))
+
+
 def turn_started(conn: sqlite3.Connection, e: Event, p: TurnStarted) -> None:
     parent, depth = p.parent_turn_id, p.depth
     if p.linear:  # a 0.1.0 turn: it continued the chat's newest completed turn
-        row = conn.execute(
-            "SELECT t.turn_id, t.depth FROM chats c JOIN turns t ON t.turn_id = c.head_turn_id"
-            " WHERE c.chat_id = ?",
-            (p.chat_id,),
-        ).fetchone()
-        parent, depth = (row[0], row[1] + 1) if row else (None, 0)
+        head = _head(conn, p.chat_id)
+        parent, depth = (head[0], head[1] + 1) if head else (None, 0)
+    # A queued turn's row gets its place in the tree; a turn logged before turns were
+    # queued (or run without the runner) gets its row now.
     conn.execute(
         "INSERT INTO turns (turn_id, chat_id, trace_id, parent_turn_id, depth, started_seq,"
-        " status, user_message, started_at) VALUES (?, ?, ?, ?, ?, ?, 'started', ?, ?)",
+        " status, user_message, started_at) VALUES (?, ?, ?, ?, ?, ?, 'started', ?, ?)"
+        " ON CONFLICT (turn_id) DO UPDATE SET parent_turn_id = excluded.parent_turn_id,"
+        " depth = excluded.depth, started_seq = excluded.started_seq, status = 'started',"
+        " started_at = excluded.started_at",
         (p.turn_id, p.chat_id, e.trace_id, parent, depth, e.seq, p.message, _at(e)),
     )
     _insert_message(conn, e, p.chat_id, p.turn_id, "user", p.message)
@@ -131,6 +153,16 @@ def turn_completed(conn: sqlite3.Connection, e: Event, p: TurnCompleted) -> None
 
 
 def turn_failed(conn: sqlite3.Connection, e: Event, p: TurnFailed) -> None:
+    row = conn.execute("SELECT status FROM turns WHERE turn_id = ?", (p.turn_id,)).fetchone()
+    if row is not None and row[0] == "queued":
+        # It never started: shown where the conversation stood when it failed, after
+        # the turns that did start.
+        head = _head(conn, p.chat_id)
+        parent, depth = (head[0], head[1] + 1) if head else (None, 0)
+        conn.execute(
+            "UPDATE turns SET parent_turn_id = ?, depth = ?, started_seq = ? WHERE turn_id = ?",
+            (parent, depth, e.seq, p.turn_id),
+        )
     conn.execute(
         "UPDATE turns SET status = 'failed', error = ?, ended_at = ? WHERE turn_id = ?",
         (p.error, _at(e), p.turn_id),
@@ -243,6 +275,7 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         PersonaCreated: _handler(PersonaCreated, persona_created),
         PersonaRevised: _handler(PersonaRevised, persona_revised),
         ChatStarted: _handler(ChatStarted, chat_started),
+        TurnQueued: _handler(TurnQueued, turn_queued),
         TurnStarted: _handler(TurnStarted, turn_started),
         Perception: _handler(Perception, record_only),
         ClassifierFailed: _handler(ClassifierFailed, classifier_failed),

@@ -125,9 +125,10 @@ def head_turn(conn: sqlite3.Connection, chat_id: str) -> tuple[str, int] | None:
 
 
 def conversation(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]:
-    """What the chat shows: the active path, plus unfinished or failed turns hanging off it.
+    """What the chat shows: the active path, unfinished or failed turns hanging off it, and
+    the turns still queued (no parent yet).
 
-    Ordered by depth, then by when each turn started.
+    Ordered by depth, then by when each turn started; queued turns last, in queue order.
     """
     head = conn.execute("SELECT head_turn_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
     head_id = head[0] if head else None
@@ -139,7 +140,7 @@ def conversation(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]
             " WHERE t.chat_id = ? AND (t.turn_id IN (SELECT turn_id FROM path)"
             "  OR (t.status != 'completed' AND (t.parent_turn_id IS NULL"
             "      OR t.parent_turn_id IN (SELECT turn_id FROM path))))"
-            " ORDER BY t.depth, t.started_seq",
+            " ORDER BY t.depth IS NULL, t.depth, t.started_seq, t.queued_seq",
             (head_id, chat_id),
         )
     ]
@@ -151,12 +152,16 @@ def get_turn(conn: sqlite3.Connection, turn_id: str) -> dict[str, Any] | None:
 
 
 def unfinished_turns(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Turns that started but never completed or failed (the process died mid-turn)."""
+    """Turns queued or started that never completed or failed (the process stopped).
+
+    Started turns first, then queued ones in queue order (the order they are failed in).
+    """
     return [
         dict(r)
         for r in conn.execute(
-            "SELECT t.turn_id, t.chat_id, t.trace_id, c.persona_id FROM turns t"
-            " JOIN chats c ON c.chat_id = t.chat_id WHERE t.status = 'started'"
+            "SELECT t.turn_id, t.chat_id, t.trace_id, t.status, c.persona_id FROM turns t"
+            " JOIN chats c ON c.chat_id = t.chat_id WHERE t.status IN ('started', 'queued')"
+            " ORDER BY t.status = 'queued', t.started_seq, t.queued_seq"
         )
     ]
 

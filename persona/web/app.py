@@ -1,4 +1,4 @@
-"""The app factory: thin wiring of routers, templates, static files and error shapes."""
+"""The app factory: thin wiring of routers, guards, templates, static files and error shapes."""
 
 from __future__ import annotations
 
@@ -14,10 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona.config import Settings
 from persona.engine import Engine
-from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound, QueueFull
+from persona.errors import (
+    ChatConflict,
+    MessageTooLong,
+    PersonaNotFound,
+    QueueFull,
+    ShuttingDown,
+)
 from persona.resources import static_dir
 from persona.version import ENGINE_VERSION
-from persona.web import api, docs, pages
+from persona.web import api, docs, login, pages, security
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -30,9 +36,10 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for e in errors
     ]
     fields = ", ".join(".".join(str(p) for p in d["loc"][1:]) or "body" for d in detail)
-    return JSONResponse(
-        status_code=422, content={"error": f"invalid request: {fields}", "detail": detail}
-    )
+    # The first problem in words, so a client that shows only `error` says what is wrong.
+    first = str(detail[0]["msg"]).removeprefix("Value error, ") if detail else ""
+    error = f"invalid request: {fields}" + (f" ({first})" if first else "")
+    return JSONResponse(status_code=422, content={"error": error, "detail": detail})
 
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -76,6 +83,10 @@ def _queue_full(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _shutting_down(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": "5"})
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app around an engine (made from settings when not given)."""
     if engine is None:
@@ -106,11 +117,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         ChatConflict: _conflict,
         MessageTooLong: _too_long,
         QueueFull: _queue_full,
+        ShuttingDown: _shutting_down,
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
+    app.include_router(login.router)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    security.install(app, engine.settings)
     return app

@@ -15,10 +15,11 @@ REDOC_JS = "/static/redoc/redoc.standalone.js"
 FAVICON = "/static/favicon.svg"
 # Only this server's files: the bundles' own outside links (ReDoc's footer logo) stay
 # unfetched, online or not. Their inline bootstrap script and styles, data: icons and
-# ReDoc's blob: search worker are allowed.
+# ReDoc's blob: search worker are allowed. Like every page, never framed by another site.
 CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
-    " img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:"
+    " img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:;"
+    " frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
 )
 
 

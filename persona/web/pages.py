@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from persona.engine import Engine
-from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound
-from persona.pipeline.broadcast import TurnEvent
+from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound, QueueFull, ShuttingDown
+from persona.pipeline.broadcast import RESYNC, TurnEvent
 from persona.pipeline.meta import build_meta
 from persona.storage import queries
 from persona.web.deps import EngineDep
@@ -34,11 +34,17 @@ RECENT_CHATS = 30
 # The page stream's event names: never `error`, which an EventSource also fires for its
 # own connection failures (the page would take a failed turn for a broken stream).
 PAGE_EVENTS = {
+    "sync": "turn-sync",  # first on every (re)connect: the conversation as the log has it
+    "queued": "turn-queued",
     "start": "turn-start",
     "delta": "turn-delta",
     "done": "turn-done",
     "error": "turn-failed",
+    RESYNC: RESYNC,  # last, when the tab fell too far behind: it reconnects and syncs
 }
+# How soon (ms) a dropped tab's EventSource reconnects after its `resync` event.
+RESYNC_RETRY_MS = 250
+SETTLED = ("completed", "failed")
 
 
 def valid_id(value: str) -> bool:
@@ -112,8 +118,12 @@ def stream_view(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
     }
 
 
-async def render_event(engine: Engine, event: TurnEvent) -> str:
-    """One turn event as HTML with out-of-band swaps that land it in the right element."""
+async def render_event(engine: Engine, event: TurnEvent, shown: bool = False) -> str:
+    """One turn event as HTML with out-of-band swaps that land it in the right element.
+
+    `shown`: the page already holds this turn (queued, or from the sync): its start
+    replaces that element instead of adding another.
+    """
     data = event.data
     if event.kind == "delta":
         return fragment("stream.html", "delta", trace_id=event.trace_id, text=data["text"])
@@ -124,20 +134,62 @@ async def render_event(engine: Engine, event: TurnEvent) -> str:
         return fragment(CHAT, "assistant", turn=turn, oob=True, **view)
     # The sidebar follows too: a chat appears on its first turn, counts change on each.
     chat_list = fragment(CHAT, "chat_list", oob=True, **view)
-    if event.kind == "start":
-        turn.update(user=data.get("message", ""), reply="", status="started")
-        return fragment(CHAT, "turn", turn=turn, append=True, **view) + chat_list
+    if event.kind in ("queued", "start"):
+        status = "queued" if event.kind == "queued" else "started"
+        turn.update(user=data.get("message", ""), reply="", status=status)
+        place = {"replace": True} if shown else {"append": True}
+        return fragment(CHAT, "turn", turn=turn, **place, **view) + chat_list
     turn.update(reply=data["reply"], status="completed")
     drawer = fragment(CHAT, "drawer", meta=data["meta"], oob=True, **view)
     return fragment(CHAT, "assistant", turn=turn, oob=True, **view) + drawer + chat_list
 
 
-async def live_fragments(engine: Engine, chat_id: str) -> AsyncIterator[dict[str, str]]:
-    """Every turn of a chat, from any tab or client, as SSE events of HTML fragments."""
-    with engine.broadcaster.subscribe(chat_id) as queue:
+def sync_view(
+    conn: sqlite3.Connection, chat_id: str, default_persona: str
+) -> dict[str, Any] | None:
+    """What a (re)connecting tab is sent first; None while the chat has no turn."""
+    if queries.get_chat(conn, chat_id) is None:
+        return None
+    return chat_view(conn, chat_id, None, default_persona)
+
+
+def render_sync(view: dict[str, Any]) -> str:
+    """The conversation, the drawer and the chat list as they stand, swapped in whole."""
+    return (
+        fragment(CHAT, "messages", sync=True, **view)
+        + fragment(CHAT, "drawer", oob=True, **view)
+        + fragment(CHAT, "chat_list", oob=True, **view)
+    )
+
+
+async def live_fragments(engine: Engine, chat_id: str) -> AsyncIterator[dict[str, Any]]:
+    """Every turn of a chat, from any tab or client, as SSE events of HTML fragments.
+
+    First the conversation as the log has it (a reconnecting tab catches up), then each
+    event. Subscribing comes before that read, so a turn is in the sync, in the events
+    after it, or in both; `shown` and `settled` keep both from adding it twice.
+    """
+    with engine.broadcaster.subscribe(chat_id) as sub:
+        view = await engine.store.read(sync_view, chat_id, engine.default_persona_id)
+        shown: set[str] = set()
+        settled: set[str] = set()
+        if view is not None:
+            for turn in view["turns"]:
+                shown.add(turn["trace_id"])
+                if turn["status"] in SETTLED:
+                    settled.add(turn["trace_id"])
+            yield {"event": PAGE_EVENTS["sync"], "data": render_sync(view)}
         while True:
-            event = await queue.get()
-            data = await render_event(engine, event)
+            event = await sub.get()
+            if event.kind == RESYNC:
+                data = fragment("stream.html", "resync")
+                yield {"event": PAGE_EVENTS[RESYNC], "data": data, "retry": RESYNC_RETRY_MS}
+                return
+            trace = event.trace_id
+            if trace in settled or (event.kind == "queued" and trace in shown):
+                continue  # the sync already shows it (or how it ended)
+            data = await render_event(engine, event, shown=trace in shown)
+            shown.add(trace)
             yield {"event": PAGE_EVENTS[event.kind], "data": data}
 
 
@@ -244,14 +296,29 @@ async def post_message(request: Request, session_id: str, engine: EngineDep) -> 
         return form_errors(request, 409, [str(exc)])
     except MessageTooLong as exc:
         return form_errors(request, 413, [str(exc)])
-    handle = engine.runner.submit(turn)  # the chat's stream shows it, in every tab
+    try:
+        handle = await engine.runner.submit(turn)  # the chat's stream shows it, in every tab
+    except QueueFull as exc:
+        response = form_errors(request, 429, [f"{exc} (in about {exc.retry_after_s} s)"])
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    except ChatConflict as exc:  # another persona's first message made the chat meanwhile
+        return form_errors(request, 409, [str(exc)])
+    except ShuttingDown as exc:
+        response = form_errors(request, 503, [f"{exc}: send it again in a moment"])
+        response.headers["Retry-After"] = "5"
+        return response
     # The sending tab shows the message as queued until the stream starts this trace.
     return Response(status_code=202, headers={TRACE_HEADER: handle.trace_id})
 
 
 @router.get("/chats/{session_id}/stream")
 async def chat_stream(session_id: str, engine: EngineDep) -> Response:
-    """Server-Sent Events of HTML fragments for every turn of the chat."""
+    """Server-Sent Events of HTML fragments for every turn of the chat.
+
+    Each connection starts with `turn-sync` (the conversation as the log has it); one that
+    falls too far behind ends with `resync`, after which the browser reconnects.
+    """
     if not valid_id(session_id):
         return PlainTextResponse(f"invalid session id {session_id!r}", status_code=422)
     return EventSourceResponse(live_fragments(engine, session_id), ping=15)

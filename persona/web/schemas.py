@@ -4,22 +4,44 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    field_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, field_validator
 
 from persona.pipeline.meta import Meta
+from persona.pipeline.reply_check import CONTROL_CLASS, first_control
 
 ID_PATTERN = r"^[A-Za-z0-9_:.\-]{1,128}$"
 MAX_MESSAGE_CHARS = 32000
+# What the message validators accept, published so that clients and fuzzers know it: no
+# control character (see `reply_check.CONTROL_CLASS`; lone surrogates are refused too, but
+# JSON Schema cannot name them), and something besides whitespace (Python's `str.isspace`
+# set, spelled out so every regex dialect reads it alike). Leading whitespace, then a
+# character that is neither, then anything allowed: no two parts overlap, so no regex
+# engine backtracks on a long message.
+_SPACE = r" \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+MESSAGE_PATTERN = rf"^[{_SPACE}]*[^{_SPACE}{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
 
 Identifier = Annotated[StrictStr, Field(pattern=ID_PATTERN, max_length=128)]
+
+
+# JSON numbers in a range: integers welcome, booleans and strings refused. A strict float
+# publishes plain `{"type": "number", "minimum", "maximum"}`; the union of strict types used
+# before published pydantic's own `ge`/`le` beside an `anyOf`, which standard JSON Schema
+# tools ignore (to them any number was allowed).
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, strict=True)]
+Reward = Annotated[float, Field(ge=-1.0, le=1.0, strict=True)]
+
+
+def json_number(value: Any) -> Any:
+    """Refuse booleans and strings, which pydantic's lax int would convert."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# JSON Schema's integer is any number without a fraction: 3408.0 is one (a strict int would
+# refuse what the schema publishes as valid); 3408.5 still is not. The range comes first:
+# after the validator, pydantic would publish it as its own `ge`/`le` keys.
+TokenCount = Annotated[int, Field(ge=1, le=4096), BeforeValidator(json_number)]
 
 
 class GenParams(BaseModel):
@@ -27,8 +49,8 @@ class GenParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: Annotated[StrictFloat | StrictInt, Field(ge=0.0, le=2.0)] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
+    temperature: Temperature | None = None
+    max_tokens: TokenCount | None = None
 
 
 class ChatRequest(BaseModel):
@@ -36,15 +58,38 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    message: Annotated[StrictStr, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    message: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=MAX_MESSAGE_CHARS,
+            # Checked by the validators below (with a message that names the character).
+            json_schema_extra={"pattern": MESSAGE_PATTERN},
+        ),
+    ]
     user_id: Identifier = "local"
     session_id: Identifier | None = Field(
         default=None,
         description="Chat id: absent starts a new chat; an unseen id starts a chat under it.",
     )
     persona_id: Identifier | None = None
-    reward_signal: Annotated[StrictFloat | StrictInt, Field(ge=-1.0, le=1.0)] = 0.0
+    reward_signal: Reward = 0.0
     gen: GenParams | None = None
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def no_control_characters(cls, value: Any) -> Any:
+        """Refuse what a page cannot show: control characters and lone surrogates.
+
+        Runs before the string check, which would refuse a lone surrogate with a vaguer
+        "unable to parse raw data as a unicode string".
+        """
+        if isinstance(value, str) and (found := first_control(value)) is not None:
+            position, char = found
+            raise ValueError(
+                f"message contains control character U+{ord(char):04X} at position {position}"
+            )
+        return value
 
     @field_validator("message")
     @classmethod
@@ -71,3 +116,64 @@ class ErrorBody(BaseModel):
     message_tokens: int | None = None
     limit_tokens: int | None = None
     detail: list[dict[str, Any]] | None = None
+
+
+# ---- Server-Sent Events -------------------------------------------------------------------
+# The 200 of an SSE route declares one event: `event` names it, `data` is JSON whose shape
+# the event's name selects (`contentSchema`). docs/api.md lists them with examples.
+
+_TEXT = {"type": "string"}
+_TRACE_ID = {"type": "string", "pattern": r"^[0-9a-f]{32}$"}
+_SESSION_ID = {"type": "string", "pattern": ID_PATTERN}
+
+
+def _payload(**properties: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object with exactly these keys."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def sse_events(**payloads: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one event of a stream that sends these events (name -> data schema)."""
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "event": {"const": name},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": payload,
+                    },
+                },
+                "required": ["event", "data"],
+            }
+            for name, payload in payloads.items()
+        ]
+    }
+
+
+_META = {"$ref": "#/components/schemas/Meta"}
+_TURN = {"trace_id": _TRACE_ID, "session_id": _SESSION_ID, "turn_id": _TEXT}
+
+# POST /persona/chat/stream: the one turn it started.
+TURN_STREAM_EVENT = sse_events(
+    start=_payload(**_TURN),
+    delta=_payload(text=_TEXT),
+    done=_payload(reply=_TEXT, meta=_META),
+    error=_payload(error=_TEXT, trace_id=_TRACE_ID),
+)
+# GET /persona/chat/{session_id}/events: every turn of the chat, each event with its trace.
+CHAT_STREAM_EVENT = sse_events(
+    queued=_payload(**_TURN, message=_TEXT),
+    start=_payload(**_TURN, message=_TEXT),
+    delta=_payload(text=_TEXT, trace_id=_TRACE_ID),
+    done=_payload(reply=_TEXT, meta=_META, trace_id=_TRACE_ID),
+    error=_payload(error=_TEXT, trace_id=_TRACE_ID),
+    resync=_payload(session_id=_SESSION_ID, reason=_TEXT),
+)

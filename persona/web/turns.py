@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from typing import Any
 
 from persona.engine import Engine
+from persona.errors import TurnFailed
+from persona.pipeline.broadcast import RESYNC, Subscription
 from persona.pipeline.context import TurnRequest
 from persona.pipeline.runner import TurnHandle
 from persona.web.schemas import ChatRequest
+
+# Why a stream ends with `resync`, for clients of the JSON event stream.
+RESYNC_REASON = "this stream fell too far behind: re-read the chat, then follow it again"
 
 
 def new_session_id() -> str:
@@ -49,17 +56,37 @@ def sse(kind: str, data: dict[str, Any]) -> dict[str, str]:
 
 
 async def turn_stream(engine: Engine, request: TurnRequest) -> AsyncIterator[dict[str, str]]:
-    """Submit a turn and yield its SSE frames: start, delta..., then done or error.
+    """Submit a turn; return its SSE frames: start, delta..., then done or error.
 
-    Subscribing happens before submitting so no frame is missed; if the client goes
-    away the generator is closed but the turn, a task of its own, runs to the end.
+    Submitting happens here, before any response is sent, so a full queue is answered
+    429 (QueueFull), not a stream. Subscribing happens first so no frame is missed.
     """
-    with engine.broadcaster.subscribe(request.chat_id) as queue:
-        handle: TurnHandle = engine.runner.submit(request)
+    stack = ExitStack()
+    sub = stack.enter_context(engine.broadcaster.subscribe(request.chat_id))
+    try:
+        handle = await engine.runner.submit(request)
+    except BaseException:
+        stack.close()
+        raise
+    return _turn_frames(stack, sub, handle)
+
+
+async def _turn_frames(
+    stack: ExitStack, sub: Subscription, handle: TurnHandle
+) -> AsyncIterator[dict[str, str]]:
+    """The frames of one turn. If the client goes away the generator is closed but the
+    turn, a task of its own, runs to the end. A client too slow for the deltas loses them
+    (its buffer is dropped), never the end: done or error then comes from the result.
+    (A stream never iterated at all is dropped by the broadcaster once its buffer fills.)
+    """
+    with stack:
         while True:
-            event = await queue.get()
-            if event.trace_id != handle.trace_id:
-                continue  # another turn of the same chat
+            event = await sub.get()
+            if event.kind == RESYNC:
+                yield await turn_end(handle)
+                return
+            if event.trace_id != handle.trace_id or event.kind == "queued":
+                continue  # another turn of the same chat, or this one's acceptance
             data = dict(event.data)
             if event.kind == "start":
                 data.pop("message", None)
@@ -68,9 +95,25 @@ async def turn_stream(engine: Engine, request: TurnRequest) -> AsyncIterator[dic
                 return
 
 
+async def turn_end(handle: TurnHandle) -> dict[str, str]:
+    """The final frame of a turn, from its result: done, or error."""
+    try:
+        # shield: a client that goes away must not cancel the turn itself.
+        result = await asyncio.shield(handle.result)
+    except TurnFailed as exc:
+        return sse("error", {"error": str(exc), "trace_id": exc.trace_id})
+    return sse("done", {"reply": result.reply, "meta": result.meta.model_dump(mode="json")})
+
+
 async def chat_events(engine: Engine, chat_id: str) -> AsyncIterator[dict[str, str]]:
-    """Every turn event of a chat, as it happens, for as long as the client listens."""
-    with engine.broadcaster.subscribe(chat_id) as queue:
+    """Every turn event of a chat, as it happens, for as long as the client listens.
+
+    A client that falls too far behind gets a last `resync` event and the stream ends.
+    """
+    with engine.broadcaster.subscribe(chat_id) as sub:
         while True:
-            event = await queue.get()
+            event = await sub.get()
+            if event.kind == RESYNC:
+                yield sse(RESYNC, {"session_id": chat_id, "reason": RESYNC_REASON})
+                return
             yield sse(event.kind, {**event.data, "trace_id": event.trace_id})

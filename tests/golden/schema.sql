@@ -145,14 +145,16 @@ CREATE TABLE turns (
     turn_id        TEXT PRIMARY KEY,
     chat_id        TEXT NOT NULL,
     trace_id       TEXT NOT NULL UNIQUE,
-    parent_turn_id TEXT,             -- NULL for a chat's first turn
-    depth          INTEGER NOT NULL, -- parent's depth + 1
-    started_seq    INTEGER NOT NULL, -- seq of turn.started: order among siblings
-    status         TEXT NOT NULL,    -- started | completed | failed
+    parent_turn_id TEXT,             -- NULL for a chat's first turn (and while queued)
+    depth          INTEGER,          -- parent's depth + 1 (NULL while queued)
+    queued_seq     INTEGER,          -- seq of turn.queued (NULL: logged before turns queued)
+    started_seq    INTEGER,          -- seq of turn.started, or of the turn.failed of a turn
+                                     -- that never started: order among siblings
+    status         TEXT NOT NULL,    -- queued | started | completed | failed
     user_message   TEXT NOT NULL,
     reply          TEXT,
     error          TEXT,
-    started_at     TEXT NOT NULL,
+    started_at     TEXT,             -- NULL until it starts (never, if it failed queued)
     ended_at       TEXT
 );
 -- trigger events_no_delete
