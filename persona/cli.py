@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 from persona.config import Settings, config_file, get_settings
 
@@ -41,15 +42,33 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             host,
         )
     print(f"Persona OS on http://{host}:{port}  (backend: {settings.llm.provider})", flush=True)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    engine = app.state.engine
+
+    class Server(uvicorn.Server):
+        """uvicorn, telling the engine to end its turns the moment a stop is asked for."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if engine.loop is not None:
+                engine.loop.call_soon_threadsafe(engine.begin_shutdown)
+
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level=args.log_level,
-        # Open SSE streams never finish on their own: shutdown waits this long, no more.
-        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_grace_s),
+        # Turns get the grace, then are cancelled and answered; open SSE streams never
+        # finish on their own, so connections are waited on this long, no more.
+        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_grace_s) + SHUTDOWN_ANSWER_S,
     )
+    Server(config).run()
     return 0
+
+
+# Beyond the shutdown grace: time for cancelled turns to be recorded and their waiting
+# clients answered before the HTTP server closes what is still open.
+SHUTDOWN_ANSWER_S = 5
 
 
 class CommandError(Exception):

@@ -36,9 +36,13 @@ class Engine:
         self.runner = TurnRunner(self.store, backend, settings, self.broadcaster, ready=self.ready)
         self.default_persona_id = ""
         self._warming: asyncio.Task[None] | None = None
+        self._draining: asyncio.Future[None] | None = None
+        # The loop the engine runs on (set by start): signal handlers schedule onto it.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Open the DB (migrating), create the default persona, recover dead turns."""
+        self.loop = asyncio.get_running_loop()
         applied = self.store.open()
         if applied:
             log.info("applied migrations %s", applied)
@@ -58,6 +62,19 @@ class Engine:
         finally:
             self.ready.set()
 
+    def begin_shutdown(self) -> asyncio.Future[None]:
+        """Start ending every turn now (idempotent); stop() finishes what this starts.
+
+        Called as soon as the process is told to stop (SIGTERM), before the HTTP server
+        waits on open connections: a client waiting on a turn then gets its answer (the
+        turn failed by shutdown) instead of a dropped connection.
+        """
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(
+                self.runner.drain(self.settings.server.shutdown_grace_s)
+            )
+        return self._draining
+
     async def stop(self) -> None:
         """End every turn (running ones get the shutdown grace), close the backend and DB.
 
@@ -65,7 +82,7 @@ class Engine:
         `server.shutdown_grace_s` to finish before their model calls are cancelled and
         they are recorded as failed.
         """
-        await self.runner.drain(self.settings.server.shutdown_grace_s)
+        await self.begin_shutdown()
         if self._warming is not None:
             await asyncio.wait([self._warming], timeout=60)
         await self.backend.aclose()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -179,3 +180,51 @@ async def test_sigkill_with_a_turn_queued_fails_both_turns_on_restart(
         await engine.stop()
     assert count_events(conn) == before + 2  # a clean stop adds nothing
     assert cli.main(["verify", "--quiet"]) == 0  # replay equals the live projections
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_a_stuck_model_call_and_records_the_turns(tmp_path, db, held_model):
+    """SIGTERM while the model only sends keep-alives (default deadlines: minutes away):
+    the server stops after its short grace, the running turn and the one queued behind it
+    are recorded as failed by shutdown, and the waiting client is answered, not dropped."""
+    path, port = tmp_path / "term.db", free_port()
+    proc = _serve(
+        path,
+        port,
+        PERSONA_LLM__PROVIDER="openai",
+        PERSONA_LLM__BASE_URL=held_model.base_url,
+        PERSONA_LLM__API_KEY="sk-test",
+        PERSONA_SERVER__SHUTDOWN_GRACE_S="1",
+    )
+    url = f"http://127.0.0.1:{port}"
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(timeout=60) as http:
+
+            def ask() -> None:
+                answers.append(
+                    http.post(f"{url}/persona/chat", json={"message": "held", "session_id": "t"})
+                )
+
+            waiting = threading.Thread(target=ask)
+            waiting.start()
+            wait_until(held_model.chat_requests, timeout=30)  # the reply has begun
+            queued = http.post(f"{url}/chats/t/messages", data={"message": "behind"})
+            assert queued.status_code == 202
+            proc.send_signal(signal.SIGTERM)
+            # uvicorn re-raises the signal once it has shut down cleanly.
+            assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # a hang guard
+            waiting.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (answer,) = answers
+    assert answer.status_code == 502 and "shutting down" in answer.json()["error"]
+    conn = db(path)
+    rows = conn.execute("SELECT user_message, status, error FROM turns ORDER BY rowid").fetchall()
+    assert [(m, s) for m, s, _ in rows] == [("held", "failed"), ("behind", "failed")]
+    assert all("shutting down" in error for _, _, error in rows)
+    stages = [e.payload.stage for e in read_events(conn) if e.type == "turn.failed"]
+    assert stages == ["speaker", "queue"]
+    assert held_model.chat_requests()[0].client_gone.wait(10)  # the model call was closed

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from helpers import LiveServer, wait_until
 
 import persona.cli
-from persona.cli import main
+from persona.cli import SHUTDOWN_ANSWER_S, main
 from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
@@ -635,11 +635,23 @@ async def test_an_unrelated_error_after_the_cutoff_is_not_hidden() -> None:
 
 @pytest.fixture
 def uvicorn_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
-    """Record uvicorn.run's calls instead of binding anything."""
+    """Record the uvicorn servers `serve` runs instead of binding anything."""
     import uvicorn
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:
+        config = server.config
+        calls.append(
+            {
+                "app": config.app,
+                "host": config.host,
+                "port": config.port,
+                "timeout_graceful_shutdown": config.timeout_graceful_shutdown,
+            }
+        )
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setenv("PERSONA_DB_PATH", str(tmp_path / "serve.db"))
     monkeypatch.setenv("PERSONA_LLM_PROVIDER", "scripted")
     return calls
@@ -672,7 +684,8 @@ def test_serve_exposes_with_a_token_and_bounds_the_shutdown(
     assert main(["serve", "--host", "192.168.1.20", "--port", "8123"]) == 0
     (call,) = uvicorn_runs
     assert (call["host"], call["port"]) == ("192.168.1.20", 8123)
-    assert call["timeout_graceful_shutdown"] == math.ceil(2.5)
+    # The grace, then time for the cancelled turns' clients to be answered.
+    assert call["timeout_graceful_shutdown"] == math.ceil(2.5) + SHUTDOWN_ANSWER_S
     # The app answers to the address it was bound to, and requires the token.
     http = TestClient(call["app"], base_url="http://192.168.1.20:8123")  # no lifespan
     assert http.get("/health").status_code == 401
