@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -130,7 +130,12 @@ class PerceptionSettings(BaseModel):
     use_classifier: bool = False
     classifier_timeout_s: float = Field(default=20.0, gt=0)
     classifier_retries: int = Field(default=1, ge=0, le=5)
+    # The "escalated" flag, which is the safety override (crisis handling).
     safety_override_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+    safety_intervened_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    safety_blocked_threshold: float = Field(default=0.85, ge=0.0, le=1.0)
+    ooc_marker: str = Field(default="((", min_length=1)
+    passes: int = Field(default=3, ge=1, le=10)
 
 
 class MemorySettings(BaseModel):
@@ -157,6 +162,29 @@ class GatingSettings(BaseModel):
     carry_bonus: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
+class DialogueSettings(BaseModel):
+    """The dialogue state machine's thresholds (docs/control-plane.md gives the reasons)."""
+
+    model_config = _SECTION
+
+    # A state's smoothed score must reach `enter` to enter it and fall below `exit` to leave.
+    enter: float = Field(default=0.45, gt=0.0, le=1.0)
+    exit: float = Field(default=0.25, ge=0.0, le=1.0)
+    # Turns a state holds before the smoothed scores may move it.
+    min_dwell: int = Field(default=2, ge=1)
+    # One clear message (raw state score, lead over the next state) enters its state at once.
+    dominant: float = Field(default=0.70, gt=0.0, le=1.0)
+    dominant_margin: float = Field(default=0.40, ge=0.0, le=1.0)
+    # A dominant message may not return to the state left within this many turns.
+    return_block: int = Field(default=4, ge=0)
+    # S6_SAFETY holds this many turns after the last override, then leaves only below the risk.
+    safety_dwell: int = Field(default=3, ge=0)
+    safety_exit_risk: float = Field(default=0.35, ge=0.0, le=1.0)
+    # At or below this reward average replies turn careful: shorter, with a style hint.
+    careful_reward: float = Field(default=-0.2, ge=-1.0, le=0.0)
+    careful_tokens: float = Field(default=0.6, gt=0.0, le=1.0)
+
+
 class MetacognitionSettings(BaseModel):
     """The turn's self-assessment signals."""
 
@@ -164,6 +192,7 @@ class MetacognitionSettings(BaseModel):
 
     reward_ema: float = Field(default=0.3, gt=0.0, le=1.0)
     novelty_window: int = Field(default=20, ge=1)
+    dialogue: DialogueSettings = Field(default_factory=DialogueSettings)
 
 
 class RelationshipSettings(BaseModel):
@@ -173,6 +202,10 @@ class RelationshipSettings(BaseModel):
 
     # How fast the affinity follows the reward signal.
     affinity_rate: float = Field(default=0.2, gt=0.0, le=1.0)
+
+
+# The shortest access token accepted: a one-character login would guard nothing.
+MIN_TOKEN_CHARS = 16
 
 
 class ServerSettings(BaseModel):
@@ -192,12 +225,29 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Turns waiting or running per chat; more are refused with 429 and Retry-After.
     chat_queue_limit: int = Field(default=8, ge=1)
+    # Turns waiting or running across all chats (a flood spread over many new chat ids);
+    # more are refused with 429 too.
+    turn_limit: int = Field(default=64, ge=1)
+    # Turns running at once (model calls in flight); the others wait their turn, queued.
+    concurrent_turns: int = Field(default=4, ge=1)
     # Events buffered per live stream; a subscriber further behind is dropped (it
     # reconnects and catches up from the log).
     subscriber_buffer: int = Field(default=1024, ge=16)
     # At shutdown, in-flight turns get this long before their model calls are cancelled
     # (and the turns recorded as failed).
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("access_token")
+    @classmethod
+    def long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """A token a guess cannot find: at least MIN_TOKEN_CHARS (empty means none)."""
+        token = value.get_secret_value() if value is not None else ""
+        if token and len(token.strip()) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"access_token must be at least {MIN_TOKEN_CHARS} characters"
+                " (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -350,13 +400,21 @@ _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 def _userinfo(url: str) -> tuple[str, str] | None:
     """(the URL without its user-info, the user-info), or None when it has none."""
-    if not _HAS_SCHEME.match(url):
+    scheme = _HAS_SCHEME.match(url)
+    if not scheme:
         return None
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
+    # Up to the last "@", not urlsplit's netloc: an unencoded "#", "?" or "/" in a
+    # password would end the netloc early and leave the rest in clear. But "@" may also
+    # sit in a path ("http://host/a@b", "http://host:8080/a@b"): a candidate with a "/"
+    # is user-info only when a ":" before that "/" is not followed by a port.
+    rest = url[scheme.end() :]
+    userinfo, at, hostpath = rest.rpartition("@")
     if not at:
         return None
-    return urlunsplit(parts._replace(netloc=hostport)), userinfo
+    head = re.split(r"[/?#]", userinfo, maxsplit=1)[0]
+    if head != userinfo and not re.fullmatch(r"[^:]*:(?!\d*$).*", head):
+        return None  # the "@" is in the path, query or fragment
+    return url[: scheme.end()] + hostpath, userinfo
 
 
 def url_credentials(url: str) -> tuple[str, str | None]:

@@ -36,12 +36,12 @@ class MessageTooLong(ValueError):
 
 
 class QueueFull(RuntimeError):
-    """The chat already has as many turns waiting as it may; retry after `retry_after_s`."""
+    """The chat (chat_id) or the whole server (None) already has as many turns waiting as
+    it may; retry after `retry_after_s`."""
 
-    def __init__(self, chat_id: str, limit: int, retry_after_s: int):
-        super().__init__(
-            f"chat {chat_id!r} already has {limit} turns waiting or running: retry later"
-        )
+    def __init__(self, chat_id: str | None, limit: int, retry_after_s: int):
+        where = f"chat {chat_id!r}" if chat_id is not None else "the server"
+        super().__init__(f"{where} already has {limit} turns waiting or running: retry later")
         self.retry_after_s = retry_after_s
 
 

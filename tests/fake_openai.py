@@ -54,6 +54,7 @@ class Mode:
     interval_s: float = 0.05  # pings, trickle: the wait between sends
     status: int = 400  # error
     message: str = "bad request"  # error
+    raw: bool = False  # error: the message as a text/plain body instead of OpenAI's JSON
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -211,7 +212,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         seen = Seen("POST", self.path, _headers(self), body, mode.kind)
         self.fake.requests.append(seen)
         try:
-            if mode.kind == "error":
+            if mode.kind == "error" and mode.raw:
+                self._send(mode.status, "text/plain", mode.message.encode())
+            elif mode.kind == "error":
                 error = {"error": {"message": mode.message, "type": "invalid_request_error"}}
                 self._send(mode.status, "application/json", json.dumps(error).encode())
             elif body.get("stream"):

@@ -36,7 +36,7 @@ START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 # A tight window: the rendered prompt (identity, turn note, message) and the 110-token
 # reply leave room for only some of the candidates.
 MAX_TOKENS = 110
-CONTEXT_WINDOW = 250
+CONTEXT_WINDOW = 280  # 250 until the dialogue state line grew a style hint
 
 
 def make_clock() -> FixedClock:

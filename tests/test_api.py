@@ -49,7 +49,7 @@ def test_chat_contract(client, settings):
     assert meta["meta_v1"]["trace_id"] == meta["trace_id"]
     assert len(meta["intent"]) == 8 and all(0 <= v <= 1 for v in meta["intent"].values())
     assert set(meta["telemetry"]) == {"C", "N", "M", "S", "R"}
-    assert set(meta["safety"]) == {"total_risk", "override"}
+    assert set(meta["safety"]) == {"total_risk", "override", "categories", "flags", "reasons"}
     assert isinstance(meta["decision_candidates"], list)
     assert {"perception", "memory", "gating", "metacognition", "speaker"} <= set(meta["timing_ms"])
     config_hash = settings.config_hash(PromptSet.load().sources)
@@ -275,3 +275,72 @@ def test_the_form_refuses_a_control_character_like_the_api(client, settings, db)
     assert r.status_code == 422
     assert "message contains control character U+0000 at position 2" in r.text
     assert count_events(conn) == before
+
+
+# ---- metadata ------------------------------------------------------------------------
+
+
+def test_metadata_is_stored_with_the_turn_and_shown_in_its_trace(client):
+    metadata = {"client": "sigmaris", "tags": ["a", "b"], "nested": {"n": 1, "ok": True}}
+    r = client.post("/persona/chat", json={"message": "hi", "metadata": metadata})
+    assert r.status_code == 200
+    trace = client.get(f"/persona/traces/{r.json()['meta']['trace_id']}").json()
+    started = next(e for e in trace["events"] if e["type"] == "turn.started")
+    assert started["payload"]["metadata"] == metadata
+    # Without it the turn records null, and the stream route takes it as well.
+    plain = client.post("/persona/chat", json={"message": "hi"}).json()
+    trace = client.get(f"/persona/traces/{plain['meta']['trace_id']}").json()
+    started = next(e for e in trace["events"] if e["type"] == "turn.started")
+    assert started["payload"]["metadata"] is None
+
+
+def test_the_stream_route_accepts_metadata(client):
+    with client.stream(
+        "POST", "/persona/chat/stream", json={"message": "hi", "metadata": {"k": "v"}}
+    ) as r:
+        assert r.status_code == 200
+        frames = list(read_sse(r))
+    trace = client.get(f"/persona/traces/{frames[0][1]['trace_id']}").json()
+    started = next(e for e in trace["events"] if e["type"] == "turn.started")
+    assert started["payload"]["metadata"] == {"k": "v"}
+
+
+def _deep(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"d": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("metadata", "why"),
+    [
+        ([1, 2], "valid dictionary"),
+        ("text", "valid dictionary"),
+        (7, "valid dictionary"),
+        ({"big": "x" * (16 * 1024)}, "bytes as JSON (at most 16384)"),
+        (_deep(9), "nested 9 deep (at most 8)"),
+    ],
+)
+def test_metadata_that_is_not_a_bounded_object_is_refused(client, settings, db, metadata, why):
+    conn = db(settings.db_path)
+    before = count_events(conn)
+    r = client.post("/persona/chat", json={"message": "hi", "metadata": metadata})
+    assert r.status_code == 422
+    (detail,) = r.json()["detail"]
+    assert detail["loc"][:2] == ["body", "metadata"] and why in detail["msg"]
+    assert count_events(conn) == before
+
+
+def test_metadata_at_its_bounds_is_accepted(client):
+    # 16384 bytes exactly as compact JSON, and 8 levels deep.
+    filler = "x" * (16 * 1024 - len('{"big": ""}'))
+    for metadata in ({"big": filler}, _deep(8)):
+        r = client.post("/persona/chat", json={"message": "hi", "metadata": metadata})
+        assert r.status_code == 200, r.text
+
+
+def test_non_finite_numbers_in_metadata_are_refused(client):
+    raw = b'{"message": "hi", "metadata": {"x": NaN}}'
+    r = client.post("/persona/chat", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422

@@ -289,3 +289,41 @@ async def test_events_the_sync_already_shows_are_not_sent_again(tmp_path) -> Non
         assert f"#text-{held.trace_id}" in frame["data"]
         await held.result
         await page.aclose()
+
+
+def test_a_flood_over_many_chats_meets_the_server_wide_limit(tmp_path) -> None:
+    # Per-chat bounds alone let a flood spread over new chat ids through.
+    settings = Settings(
+        db_path=tmp_path / "flood.db",
+        llm={"provider": "scripted"},
+        server={"chat_queue_limit": 8, "turn_limit": 3, "concurrent_turns": 1},
+    )
+    backend = ScriptedBackend()
+    gate = ReplyGate(backend)
+    try:
+        with (
+            LiveServer(Engine(settings, backend=backend, clock=FixedClock())) as server,
+            httpx.Client(base_url=server.url, timeout=10) as http,
+        ):
+            for i in range(3):
+                sent = http.post(f"/chats/flood-{i}/messages", data={"message": "hi"})
+                assert sent.status_code == 202
+            assert gate.reached.wait(10)
+            before = _events(server)
+            refused = http.post("/persona/chat", json={"message": "hi", "session_id": "flood-3"})
+            assert (
+                refused.status_code == 429 and "the server already has 3" in refused.json()["error"]
+            )
+            assert refused.headers["retry-after"] == "3"  # three turns ahead, one at a time
+            assert _events(server) == before
+            # One runs at a time: the other two chats' turns wait, queued.
+            statuses = server.engine.store.sync_read(
+                lambda conn: sorted(r[0] for r in conn.execute("SELECT status FROM turns"))
+            )
+            assert statuses == ["queued", "queued", "started"]
+            gate.open()
+            wait_until(lambda: server.engine.runner.busy_chats() == 0, timeout=20)
+            again = http.post("/persona/chat", json={"message": "hi", "session_id": "flood-3"})
+            assert again.status_code == 200
+    finally:
+        gate.open()

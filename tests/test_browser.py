@@ -16,6 +16,7 @@ from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
 from persona.llm.scripted import FailAfter, ScriptedBackend
+from persona.storage import queries
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 15_000
@@ -155,7 +156,8 @@ def test_two_tabs_follow_every_turn_live(
             assert page.evaluate("window.streamed") == [first_reply]
             assert page.locator(".msg.user .text").all_text_contents() == [user_text]
             expect(page.locator(".turn")).to_have_count(1)  # exactly one copy of the turn
-            expect(page.locator("[data-testid=dialogue-state]")).to_have_text("opening")
+            # A greeting and a question at once: no state is clear enough to enter yet.
+            expect(page.locator("[data-testid=dialogue-state]")).to_have_text("S0_NEUTRAL")
             expect(page.locator("[data-testid=telemetry] .bar-row")).to_have_count(5)
             expect(page.locator("#drawer")).to_contain_text("coherence")
             expect(page.locator("#chat-list a.current")).to_contain_text("Hi Mira")
@@ -168,7 +170,12 @@ def test_two_tabs_follow_every_turn_live(
             expect(tab.page.locator(".msg.assistant[data-status=completed]")).to_have_count(2)
             assert tab.assistant_texts() == [first_reply, second_reply]
             expect(tab.page.locator(".turn")).to_have_count(2)
-        expect(one.page.locator("[data-testid=dialogue-state]")).not_to_have_text("opening")
+        # The drawer follows the newest turn: its trace and its dialogue state.
+        head = live_server.engine.store.sync_read(queries.get_chat, chat_id)["head_turn_id"]
+        turn = live_server.engine.store.sync_read(queries.get_turn, head)
+        state = live_server.engine.store.sync_read(queries.chat_state, head)
+        expect(one.page.locator("[data-testid=trace-id]")).to_have_text(turn["trace_id"])
+        expect(one.page.locator("[data-testid=dialogue-state]")).to_have_text(state.dialogue_state)
         expect(one.page.locator("#form-error")).to_be_empty()
 
         one.page.screenshot(path=str(tmp_path / "persona_chat.png"), full_page=False)

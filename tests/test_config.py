@@ -186,14 +186,14 @@ def test_openai_api_key_is_read_and_never_printed(monkeypatch, capsys):
 def test_config_masks_url_credentials_and_whole_secrets(monkeypatch, capsys):
     monkeypatch.setenv("PERSONA_LLM__BASE_URL", "http://ada:pa%40ss-w0rd@llm.lan:8080/v1")
     monkeypatch.setenv("PERSONA_LLM__API_KEY", "x")
-    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "tok-very-secret")
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "tok-very-secret-0123")
     assert cli.main(["config"]) == 0
     out = capsys.readouterr().out
     printed = json.loads(out)
     assert printed["llm"]["base_url"] == "http://****@llm.lan:8080/v1"
     assert printed["llm"]["api_key"] == "****"  # the whole value, however short
     assert printed["server"]["access_token"] == "****"
-    for secret in ("ada", "pa%40ss", "pa@ss", "w0rd", "tok-very-secret"):
+    for secret in ("ada", "pa%40ss", "pa@ss", "w0rd", "tok-very-secret-0123"):
         assert secret not in out, secret
     # A one-letter key masks only itself: every other value is printed as it is.
     assert printed["llm"]["narrative_model"] == "SmolLM2-135M-Instruct"
@@ -315,11 +315,11 @@ def test_legacy_names_keep_their_bounds(monkeypatch):
 
 
 def test_access_token_and_allowed_hosts_read_from_their_documented_names(monkeypatch):
-    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "tok-123")
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "tok-123-long-enough-token")
     monkeypatch.setenv("PERSONA_ALLOWED_HOSTS", '["persona.lan"]')
     s = Settings()
     assert s.server.access_token is not None
-    assert s.server.access_token.get_secret_value() == "tok-123"
+    assert s.server.access_token.get_secret_value() == "tok-123-long-enough-token"
     assert s.server.allowed_hosts == ["persona.lan"]
 
 
@@ -329,3 +329,26 @@ def test_config_hash_names_the_server_but_not_the_password_in_its_url():
 
     assert hashed("http://u:one@h:1/v1") == hashed("http://u:two@h:1/v1")
     assert hashed("http://u:one@h:1/v1") != hashed("http://u:one@other:1/v1")
+
+
+@pytest.mark.parametrize("token", [" ", "x", "short-token-15c", " " * 20])
+def test_a_short_or_blank_access_token_is_refused(monkeypatch, token):
+    # 15 characters and anything blank would guard nothing; 16 is the shortest accepted.
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", token)
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        Settings()
+
+
+def test_an_empty_access_token_means_none_and_16_characters_is_enough(monkeypatch):
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "")
+    assert Settings().server.access_token is not None  # set, but empty: no token
+    monkeypatch.setenv("PERSONA_ACCESS_TOKEN", "a" * 16)
+    assert Settings().server.access_token.get_secret_value() == "a" * 16
+
+
+@pytest.mark.parametrize("password", ["s3cr#t", "s3cr/t", "s3cr?t", "p@ss"])
+def test_url_passwords_with_delimiters_are_masked_whole(password):
+    url = f"http://me:{password}@host:8080/v1"
+    shown = json.dumps(Settings.model_validate({"llm": {"base_url": url}}).masked())
+    assert password not in shown and "s3cr" not in shown
+    assert "http://****@host:8080/v1" in shown

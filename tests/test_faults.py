@@ -37,6 +37,7 @@ from persona.events import TurnFailed as TurnFailedEvent
 from persona.llm.base import ChatMessage, Deadlines, GenOptions, LLMError
 from persona.llm.openai_backend import OpenAIBackend
 from persona.llm.scripted import FailAfter, ScriptedBackend, Unfinished
+from persona.llm.structured import STRUCTURED_WORKERS
 from persona.pipeline.context import TurnRequest
 from persona.pipeline.post import DEFAULT_POST_STAGES
 from persona.pipeline.runner import DEFAULT_STAGES
@@ -539,3 +540,58 @@ async def test_shutdown_during_the_reply_write_leaves_the_turn_completed(tmp_pat
     finally:
         conn.close()
     assert types[-1] == "turn.completed" and "turn.failed" not in types
+
+
+def test_upstream_control_characters_never_reach_the_log_or_the_page(
+    app: httpx.Client, fake: FakeOpenAI
+) -> None:
+    # An upstream error body and a cut-short stream, both carrying control characters.
+    fake.enqueue(Mode("error", status=500, message="upstream \x00 broke \x1b[31mRED\x07", raw=True))
+    first = app.post("/persona/chat", json={"message": "hi", "session_id": "ctl"})
+    assert first.status_code == 502
+    fake.enqueue(Mode("truncated", text="part\x00ial \x1b[31mred text goes on"))
+    second = app.post("/persona/chat", json={"message": "again", "session_id": "ctl"})
+    assert second.status_code == 502
+    errors = [stored(app, r.json()["trace_id"])[-1]["payload"] for r in (first, second)]
+    assert "upstream broke RED" in errors[0]["error"]
+    assert errors[1]["partial_reply"] == "partial red text "  # three chunks, cleaned
+    page = app.get("/chats/ctl").text
+    for char in ("\x00", "\x1b", "\x07"):
+        assert char not in page and all(char not in str(e) for e in errors)
+
+
+async def test_stalled_classifier_threads_stay_bounded_and_never_block_admission(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    # Each classifier call stalls on keep-alives past its timeout; its thread lives on
+    # until the upstream ends. They must not pile up, nor starve the admission check.
+    settings = app_settings(tmp_path, fake)
+    settings = settings.model_copy(
+        update={
+            "perception": settings.perception.model_copy(
+                update={"use_classifier": True, "classifier_timeout_s": 0.2}
+            )
+        }
+    )
+    turns = STRUCTURED_WORKERS + 4
+    # The first turns' classifier calls reach the server and stall there, one per worker;
+    # later ones find every worker busy, time out waiting and are never sent.
+    for i in range(turns):
+        fake.enqueue(*(("pings", "normal") if i < STRUCTURED_WORKERS else ("normal",)))
+    engine = Engine(settings, clock=FixedClock())
+    await engine.start()
+    try:
+        pid = engine.default_persona_id
+        for i in range(turns):
+            request = TurnRequest(f"message {i}", "local", f"c{i}", pid, 0.0, GenOptions())
+            await engine.runner.check_fits(request)  # admission: needs the default executor
+            handle = await engine.runner.submit(request)
+            result = await handle.result  # the classifier timed out: the lexicon decided
+            assert result.reply == TEXT
+        stalled = [t for t in threading.enumerate() if t.name.startswith("structured")]
+        assert len(stalled) == STRUCTURED_WORKERS
+        classified = [r for r in fake.chat_requests() if not r.body.get("stream")]
+        assert len(classified) == STRUCTURED_WORKERS
+    finally:
+        fake.stopping.set()  # the stalled answers end: their threads return
+        await engine.stop()

@@ -146,7 +146,12 @@ async def test_stage_decisions_match_golden(tmp_path, golden, case: Case) -> Non
         for e in events
         if e.actor in POST_STAGES
     ]
-    assert [p["stage"] for p in post] == list(POST_STAGES)
+    # Every post stage decides, except: no relationship move on a chat's first turn (its
+    # reward has no reply to judge), no in-story memory of an out-of-character message.
+    skipped = {"relationship"} if not case.warm_up else set()
+    if one(events, Perception).ooc:
+        skipped.add("episodic")
+    assert [p["stage"] for p in post] == [s for s in POST_STAGES if s not in skipped]
     check(golden, f"decisions/post/{case.name}.json", post)
 
     # The recorded chat state is exactly the pure step from the parent's state.

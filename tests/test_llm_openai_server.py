@@ -183,3 +183,10 @@ async def test_api_key_never_appears_in_errors(echo_key_server: str) -> None:
     for error in errors:
         assert "401" in error or "AuthenticationError" in error, error
         assert SECRET not in error and SECRET[-4:] not in error and "sk-" not in error, error
+
+
+@pytest.mark.parametrize("password", ["s3cr/t", "s3cr#t:1"])
+def test_a_password_with_delimiters_neither_crashes_nor_leaks_in_errors(password: str) -> None:
+    backend = make_backend(f"http://me:{password}@127.0.0.1:9/v1", key="")
+    error = backend._error(RuntimeError("connection refused"))
+    assert "s3cr" not in str(error) and "127.0.0.1:9" in str(error)

@@ -198,9 +198,11 @@ def test_post_message_answers_202_at_once_and_the_turn_completes(
 
 def test_post_message_passes_the_reward_signal(client: TestClient) -> None:
     sid = "chat-form-reward"
-    form = {"message": "thanks", "reward_signal": "1"}
-    assert client.post(f"/chats/{sid}/messages", data=form).status_code == 202
-    wait_until(lambda: client.get(f"/chats/{sid}").text.count('data-status="completed"') == 1)
+    # The reward judges the previous reply: the chat's second message carries it.
+    for n, form in enumerate(({"message": "hello"}, {"message": "thanks", "reward_signal": "1"})):
+        assert client.post(f"/chats/{sid}/messages", data=form).status_code == 202
+        done = 'data-status="completed"'
+        wait_until(lambda n=n, done=done: client.get(f"/chats/{sid}").text.count(done) == n + 1)
     page = client.get(f"/chats/{sid}").text
     assert "0.65" in page  # R = 0.5 + 0.5 * (0.3 * 1.0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import closing
 from datetime import timedelta
 
+import pytest
 from helpers import run_turn
 
 from persona.engine import Engine
@@ -39,7 +40,9 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
     trace = result["meta"]["trace_id"]
     events = _events(engine, trace)
     # Accepted (queued) before it ran; the chat begins with its first accepted message.
-    assert [e.type for e in events] == ["chat.started", "turn.queued", *TURN_EVENTS]
+    # A first turn has no reply for its reward to judge: the relationship does not move.
+    first = [t for t in TURN_EVENTS if t != "edge.asserted"]
+    assert [e.type for e in events] == ["chat.started", "turn.queued", *first]
     started = events[2]
     assert all(e.trace_id == trace for e in events)
     assert all(e.parent_event_id == started.event_id for e in events[3:])
@@ -49,8 +52,13 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
     assert actors["workspace.selected"] == "gating"
     assert actors["metacognition.completed"] == "metacognition"
     assert actors["reply.completed"] == "speaker"
-    # Persona-scoped state (the relationship edge) goes on the persona's stream.
-    streams = {e.type: e.stream_id for e in events}
+    assert {e.stream_id for e in events} == {"chat:chat-1"}
+    # From the second turn, persona-scoped state (the relationship edge) goes on the
+    # persona's stream.
+    second = await run_turn(engine, "Nice to meet you.", reward=1.0, chat_id="chat-1")
+    later = _events(engine, second["meta"]["trace_id"])
+    assert [e.type for e in later] == ["turn.queued", *TURN_EVENTS]
+    streams = {e.type: e.stream_id for e in later}
     assert streams.pop("edge.asserted") == "persona:default"
     assert set(streams.values()) == {"chat:chat-1"}
     chat_events = [e for e in events if e.stream_id == "chat:chat-1"]
@@ -76,16 +84,17 @@ async def test_perception_intent_safety_and_ooc(engine, backend):
     }
     assert abs(sum(meta["intent"].values()) - 1) < 1e-3
     assert max(meta["intent"], key=meta["intent"].get) == "factual_query"
-    assert meta["safety"] == {"total_risk": 0.0, "override": False}
+    assert meta["safety"]["total_risk"] == 0.0 and meta["safety"]["override"] is False
 
     meta = (await run_turn(engine, "I want to end my life, there is no reason to live"))["meta"]
     assert meta["safety"]["override"] and meta["safety"]["total_risk"] > 0.9
-    assert meta["dialogue_state"] == "crisis"
+    assert meta["dialogue_state"] == "S6_SAFETY"
     note = backend.calls[-1][-2]
     assert note.role == "system" and "crisis line" in note.content
 
     meta = (await run_turn(engine, "(( are you an AI? ))"))["meta"]
-    assert meta["ooc"] is True and meta["dialogue_state"] == "out_of_character"
+    # The crisis hold outlasts one out-of-character message: still S6.
+    assert meta["ooc"] is True and meta["dialogue_state"] == "S6_SAFETY"
     assert "out of character" in backend.calls[-1][-2].content
 
 
@@ -147,9 +156,10 @@ async def test_metacognition_telemetry_and_reward(engine):
     assert m1["telemetry"]["N"] == 1.0 and m2["telemetry"]["N"] == 0.0  # repeated message
     assert m2["telemetry"]["C"] == 1.0  # every word is in the previous exchange
     r1, r2, r3 = (m["telemetry"]["R"] for m in (m1, m2, m3))
-    assert r2 > r1 > 0.5  # positive rewards accumulate
-    assert r3 < r2 - 0.2  # a negative one pulls it down
-    assert m1["dialogue_state"] in {"opening", "sharing"}
+    assert r2 > r1 == 0.5  # the first turn's reward has no reply to judge: ignored
+    # EMA at rate 0.3 from the second turn: 0.3 * 1.0, then 0.7 * 0.3 - 0.3 (R = 0.5 + avg/2).
+    assert (r2, r3) == (pytest.approx(0.65), pytest.approx(0.455))  # a negative one pulls down
+    assert m1["dialogue_state"] == "S0_NEUTRAL"  # one mild cue ("i love") does not move it
 
 
 async def test_turns_on_one_chat_are_serialized(engine, backend):

@@ -51,7 +51,8 @@ async def test_fold_builds_every_projection(db, engine):
         "chat_state": 5,
     }
     edge = dict(conn.execute("SELECT * FROM edge").fetchone())
-    assert edge["evidence"] == 5 and edge["src"] == "persona:default"
+    # Five turns, two of them a chat's first (a reward with no reply to judge): three moves.
+    assert edge["evidence"] == 3 and edge["src"] == "persona:default"
     turn = conn.execute("SELECT * FROM turns ORDER BY started_seq LIMIT 1").fetchone()
     assert turn["status"] == "completed" and turn["parent_turn_id"] is None
     # Memory rows keep the turn that wrote them.

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from helpers import engine_with, no_room, run_turn
+
+from persona.config import DialogueSettings
+from persona.events import ChatState
+from persona.events.state import DIALOGUE_STATES
+from persona.llm.base import GenOptions
+from persona.pipeline.dialogue import (
+    CAREFUL_HINT,
+    STATE_INTENTS,
+    STYLES,
+    applied_generation,
+    is_careful,
+    next_state,
+)
+from persona.storage import queries
 
 # ---- telemetry ---------------------------------------------------------------------
 
@@ -76,73 +92,236 @@ async def test_reward_is_an_average_that_follows_each_signal(engine):
         meta = (await run_turn(engine, "tell me more", reward=reward))["meta"]
         rs.append(meta["telemetry"]["R"])
         avgs.append(meta["state"]["reward_avg"])
-    # One thumbs-up lifts R from its neutral 0.5 to 0.65; a second adds less; a thumbs-down
-    # pulls it back most of the way.
-    assert rs == [0.65, 0.755, 0.5285]
-    assert avgs == pytest.approx([0.3, 0.51, 0.057])
+    # The first turn has no reply to judge: R stays at its neutral 0.5. A thumbs-up then
+    # lifts it to 0.65; a thumbs-down pulls it below neutral.
+    assert rs == [0.5, 0.65, 0.455]
+    assert avgs == pytest.approx([0.0, 0.3, -0.09])
 
 
-# ---- dialogue state ----------------------------------------------------------------
+# ---- dialogue state: the machine's rules, one threshold per test ------------------------
+#
+# `next_state` is pure: these tests feed it intent vectors directly, so each threshold is
+# held exactly (move it and the test on its edge goes red) whatever perception scores.
+
+D = DialogueSettings()
+TASK = {"task_oriented": 0.5, "factual_query": 0.1, "smalltalk": 0.4}
 
 
-async def test_a_risk_above_the_threshold_is_a_crisis_whatever_the_intent(engine):
-    meta = (
-        await run_turn(
-            engine, "I'm sad and lonely and depressed, I feel hopeless, I might overdose"
-        )
-    )["meta"]
-    assert meta["top_intent"] == "emotional_support"
-    assert meta["dialogue_state"] == "crisis"
+def vec(**scores: float) -> dict[str, float]:
+    """An intent vector: the scores given (the rest count as 0)."""
+    return dict(scores)
 
 
-async def test_a_crisis_out_of_character_is_still_a_crisis(engine):
-    meta = (await run_turn(engine, "(( honestly I want to kill myself ))"))["meta"]
-    assert meta["ooc"] is True
-    assert meta["dialogue_state"] == "crisis"
+def at(state: str | None, dwell: int = 5, **more) -> ChatState:
+    """A parent snapshot in `state` for `dwell` turns."""
+    return ChatState(turns=dwell, dialogue_state=state, dwell=dwell if state else 0, **more)
 
 
-@pytest.mark.parametrize("farewell", ["Bye!", "Goodbye now", "Goodnight!", "see you later"])
-async def test_a_farewell_closes_the_conversation(engine, farewell):
-    await run_turn(engine, "What is the capital of France?")
-    meta = (await run_turn(engine, farewell))["meta"]
-    assert meta["dialogue_state"] == "closing"
+def go(parent, raw, smoothed=None, risk=0.0, override=False, ooc=False, s=D):
+    return next_state(parent, raw, raw if smoothed is None else smoothed, risk, override, ooc, s)
 
 
-async def test_a_farewell_closes_even_the_first_turn(engine):
-    assert (await run_turn(engine, "bye"))["meta"]["dialogue_state"] == "closing"
+def test_the_seven_state_names():
+    assert DIALOGUE_STATES == (
+        "S0_NEUTRAL", "S1_CASUAL", "S2_TASK", "S3_EMOTIONAL", "S4_META", "S5_CREATIVE",
+        "S6_SAFETY",
+    )  # fmt: skip
+    assert set(STATE_INTENTS) | {"S0_NEUTRAL", "S6_SAFETY"} == set(DIALOGUE_STATES)
 
 
-@pytest.mark.parametrize(
-    ("message", "state"),
-    [("How are you doing today?", "opening"), ("Who are you?", "opening")],
-)
-async def test_smalltalk_or_meta_on_the_first_turn_is_an_opening(engine, message, state):
-    meta = (await run_turn(engine, message))["meta"]
-    assert meta["depth"] == 0 and meta["dialogue_state"] == state
+def test_a_state_enters_at_its_enter_threshold_and_not_below():
+    state, _, why = go(at(None), vec(smalltalk=0.45, factual_query=0.3))
+    assert state == "S1_CASUAL" and why == ["entered S1_CASUAL: smoothed 0.45 >= enter 0.45"]
+    assert go(at(None), vec(smalltalk=0.44, factual_query=0.3))[0] == "S0_NEUTRAL"
 
 
-async def test_other_intents_on_the_first_turn_keep_their_own_state(engine):
-    meta = (await run_turn(engine, "What is the capital of France?"))["meta"]
-    assert meta["dialogue_state"] == "inquiry"
+def test_task_and_factual_intents_add_up_for_the_task_state():
+    assert go(at(None), vec(task_oriented=0.25, factual_query=0.25, smalltalk=0.3))[0] == "S2_TASK"
+
+
+def test_a_state_holds_down_to_its_exit_threshold():
+    smoothed = vec(task_oriented=0.25, smalltalk=0.6)
+    raw = vec(smalltalk=0.6, task_oriented=0.4)  # not dominant
+    assert go(at("S2_TASK"), raw, smoothed)[0] == "S2_TASK"
+    state, _, why = go(at("S2_TASK"), raw, vec(task_oriented=0.24, smalltalk=0.6))
+    assert state == "S1_CASUAL"
+    assert why[0] == "left S2_TASK: smoothed 0.24 < exit 0.25"
+
+
+def test_leaving_with_no_state_at_enter_goes_neutral():
+    assert go(at("S2_TASK"), vec(task_oriented=0.2, smalltalk=0.4))[0] == "S0_NEUTRAL"
+
+
+def test_a_state_holds_for_its_minimum_dwell():
+    raw = vec(smalltalk=0.6, emotional_support=0.4)  # not dominant: margin 0.2
+    assert go(at("S2_TASK", dwell=1), raw)[:1] == ("S2_TASK",)
+    assert go(at("S2_TASK", dwell=2), raw)[0] == "S1_CASUAL"
+
+
+def test_a_dominant_message_enters_at_once_even_inside_the_dwell():
+    raw = vec(emotional_support=0.70, smalltalk=0.30)
+    state, _, why = go(at("S2_TASK", dwell=1), raw)
+    assert state == "S3_EMOTIONAL" and why[0].startswith("entered S3_EMOTIONAL: dominant shift")
+    # Just under the score, or just under the lead: the dwell holds.
+    assert go(at("S2_TASK", dwell=1), vec(emotional_support=0.69, smalltalk=0.29))[0] == "S2_TASK"
+    assert go(at("S2_TASK", dwell=1), vec(emotional_support=0.70, smalltalk=0.31))[0] == "S2_TASK"
+
+
+def test_a_dominant_message_does_not_return_to_the_state_just_left():
+    raw = vec(emotional_support=0.9, smalltalk=0.1)
+    parent = at("S2_TASK", dwell=3, left_state="S3_EMOTIONAL")
+    state, _, why = go(parent, raw, vec(emotional_support=0.3, task_oriented=0.5))
+    assert state == "S2_TASK" and "oscillation" in why[0]
+    later = at("S2_TASK", dwell=4, left_state="S3_EMOTIONAL")
+    assert go(later, raw, vec(emotional_support=0.3, task_oriented=0.5))[0] == "S3_EMOTIONAL"
+
+
+def test_the_safety_override_forces_s6_from_anywhere():
+    dominant = vec(creative_roleplay=1.0)
+    for parent in (at(None), at("S2_TASK", dwell=1), at("S4_META"), at("S6_SAFETY")):
+        for ooc in (False, True):
+            state, hold, why = go(parent, dominant, risk=0.7, override=True, ooc=ooc)
+            assert (state, hold) == ("S6_SAFETY", D.safety_dwell)
+            assert why == ["safety override: risk 0.70 (escalated)"]
+
+
+def test_s6_holds_for_its_dwell_then_leaves_only_when_the_risk_is_low():
+    benign = vec(task_oriented=0.95)  # dominant: still no way out of the hold
+    parent = at("S6_SAFETY", dwell=1, safety_hold=D.safety_dwell)
+    held = []
+    for _ in range(D.safety_dwell):
+        state, hold, _ = go(parent, benign)
+        held.append(state)
+        parent = ChatState(turns=1, dialogue_state=state, dwell=parent.dwell + 1, safety_hold=hold)
+    assert held == ["S6_SAFETY"] * D.safety_dwell and parent.safety_hold == 0
+    assert go(parent, benign, risk=0.35)[0] == "S6_SAFETY"  # risk at the exit: held
+    state, _, why = go(parent, benign, risk=0.34)
+    assert state == "S2_TASK" and why[0] == "left S6_SAFETY: hold over and risk 0.34 < 0.35"
+
+
+def test_an_out_of_character_message_enters_meta_at_once():
+    assert go(at("S2_TASK", dwell=1), vec(task_oriented=0.9), ooc=True)[0] == "S4_META"
+
+
+def test_settings_move_the_thresholds():
+    s = DialogueSettings(enter=0.3, min_dwell=1, safety_dwell=0)
+    assert go(at(None), vec(smalltalk=0.3, factual_query=0.2), s=s)[0] == "S1_CASUAL"
+    raw = vec(smalltalk=0.6, emotional_support=0.4)
+    assert go(at("S2_TASK", dwell=1), raw, s=s)[0] == "S1_CASUAL"
+    assert go(at("S6_SAFETY", dwell=1), vec(smalltalk=0.9), s=s)[0] == "S1_CASUAL"
+
+
+# ---- dialogue state through the pipeline ----------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("message", "state"),
     [
-        ("How are you doing today?", "smalltalk"),
-        ("Who are you?", "meta"),
-        ("I feel so lonely tonight", "support"),
-        ("Could you summarize this article for me", "task"),
-        ("What is the capital of France?", "inquiry"),
-        ("Can you pretend to be a pirate captain", "roleplay"),
-        ("My name is Sam and I live in Porto", "sharing"),
-        ("I'm sad and lonely and I want to die", "crisis"),
+        ("How are you doing today? Nice weather", "S1_CASUAL"),
+        ("What is the capital of France?", "S2_TASK"),
+        ("I feel so lonely tonight", "S3_EMOTIONAL"),
+        ("Let us talk about how this conversation works", "S4_META"),
+        ("Write me a story about a dragon", "S5_CREATIVE"),
+        ("I want to end my life", "S6_SAFETY"),
     ],
 )
-async def test_after_the_first_turn_the_state_follows_the_intent(engine, message, state):
-    await run_turn(engine, "hello")
+async def test_a_clear_single_message_enters_its_state_on_the_first_turn(engine, message, state):
     meta = (await run_turn(engine, message))["meta"]
-    assert meta["depth"] == 1 and meta["dialogue_state"] == state
+    assert meta["depth"] == 0 and meta["dialogue_state"] == state
+    assert meta["dialogue"]["previous"] is None and meta["dialogue"]["reasons"]
+    assert meta["state"]["dialogue_state"] == state
+
+
+async def test_an_out_of_character_message_is_meta_and_a_crisis_in_it_is_safety(engine):
+    assert (await run_turn(engine, "(( can we slow down? ))"))["meta"][
+        "dialogue_state"
+    ] == "S4_META"
+    meta = (await run_turn(engine, "(( honestly I want to kill myself ))"))["meta"]
+    assert meta["ooc"] is True and meta["dialogue_state"] == "S6_SAFETY"
+
+
+async def test_override_and_the_safety_state_agree(engine):
+    for message in ("I'm sad and lonely and I want to die", "hello", "I might overdose tonight"):
+        meta = (await run_turn(engine, message))["meta"]
+        if meta["safety"]["override"]:
+            assert meta["dialogue_state"] == "S6_SAFETY"
+
+
+async def test_alternating_two_topics_does_not_flap(engine):
+    topics = ("Could you summarize this article for me", "I feel so lonely tonight")
+    states = [(await run_turn(engine, topics[i % 2]))["meta"]["dialogue_state"] for i in range(10)]
+    switches = sum(a != b for a, b in itertools.pairwise(states))
+    assert switches <= 2, states
+
+
+async def test_one_benign_turn_after_a_crisis_stays_in_safety_until_the_hold_ends(engine):
+    states = [(await run_turn(engine, "I want to end my life"))["meta"]["dialogue_state"]]
+    for _ in range(D.safety_dwell + 1):
+        states.append((await run_turn(engine, "What is the capital of France?"))["meta"])
+    assert states[0] == "S6_SAFETY"
+    assert [m["dialogue_state"] for m in states[1:]] == ["S6_SAFETY"] * D.safety_dwell + ["S2_TASK"]
+    assert [m["state"]["safety_hold"] for m in states[1:]] == [2, 1, 0, 0]
+
+
+async def test_each_state_sets_the_generation_and_the_request_still_wins(engine):
+    meta = (await run_turn(engine, "What is the capital of France?", max_tokens=300))["meta"]
+    gen = meta["dialogue"]["generation"]
+    assert (gen["temperature"], gen["max_tokens"]) == (STYLES["S2_TASK"].temperature, 300)
+    events = await engine.store.read(queries.trace_events, meta["trace_id"])
+    prompt = next(e.payload for e in events if e.type == "reply.completed").prompt
+    assert f"Conversation state: S2_TASK. Style: {STYLES['S2_TASK'].hint}." in prompt[-2].content
+    casual = applied_generation("S1_CASUAL", GenOptions(max_tokens=300), frozenset(), False, D)
+    assert (casual.temperature, casual.max_tokens) == (0.8, 200)  # the state's cap
+    asked = frozenset({"temperature", "max_tokens"})
+    kept = applied_generation(
+        "S1_CASUAL", GenOptions(temperature=1.3, max_tokens=300), asked, True, D
+    )
+    assert (kept.temperature, kept.max_tokens, kept.explicit) == (1.3, 300, sorted(asked))
+
+
+async def test_an_old_snapshot_reads_its_state_names_as_the_new_ones(tmp_path):
+    assert ChatState(dialogue_state="smalltalk", left_state="inquiry").dialogue_state == "S1_CASUAL"
+    crisis = ChatState.model_validate({"turns": 2, "dialogue_state": "crisis", "dwell": 1})
+    assert (crisis.dialogue_state, crisis.safety_hold) == ("S6_SAFETY", 3)
+    assert ChatState(dialogue_state="opening").dialogue_state == "S1_CASUAL"
+    assert ChatState(dialogue_state="no-such-name").dialogue_state == "S0_NEUTRAL"
+
+
+# ---- reward -------------------------------------------------------------------------
+
+
+async def test_reward_on_the_first_turn_is_ignored_and_says_why(engine):
+    meta = (await run_turn(engine, "hello there", reward=-1.0))["meta"]
+    assert meta["reward"] == {
+        "signal": -1.0,
+        "applied": False,
+        "reason": "ignored: the chat's first turn has no earlier reply to judge",
+        "avg": 0.0,
+    }
+    assert meta["telemetry"]["R"] == 0.5 and meta["state"]["reward_avg"] == 0.0
+    second = (await run_turn(engine, "hello again", reward=-1.0))["meta"]
+    assert second["reward"]["applied"] is True and second["state"]["reward_avg"] == -0.3
+
+
+async def test_a_negative_reward_average_makes_replies_careful_and_shorter(engine):
+    engine.backend.enqueue(*[" ".join(["word"] * 400)] * 4)
+    metas = [
+        (await run_turn(engine, "What is the capital of France?", reward=r))["meta"]
+        for r in (0.0, -1.0, 0.0, 0.0)
+    ]
+    carefuls = [m["dialogue"]["generation"]["careful"] for m in metas]
+    # -0.3 and -0.21 are at or below careful_reward (-0.2); -0.147 is above it.
+    assert [m["reward"]["avg"] for m in metas] == pytest.approx([0.0, -0.3, -0.21, -0.147])
+    assert carefuls == [False, True, True, False]
+    gen = metas[1]["dialogue"]["generation"]
+    assert gen["max_tokens"] == round(200 * D.careful_tokens) == 120
+    # The backend got the smaller cap: the careful reply is cut shorter than the first.
+    tokens = [m["llm"]["completion_tokens"] for m in metas]
+    assert tokens[1] <= 121 < 200 <= tokens[0]
+    assert CAREFUL_HINT in gen["style_hint"]
+    events = await engine.store.read(queries.trace_events, metas[1]["trace_id"])
+    prompt = next(e.payload for e in events if e.type == "reply.completed").prompt
+    assert CAREFUL_HINT in prompt[-2].content
 
 
 # ---- chat state --------------------------------------------------------------------
@@ -151,15 +330,15 @@ async def test_after_the_first_turn_the_state_follows_the_intent(engine, message
 async def test_the_state_counts_turns_and_dwell_in_a_state(engine):
     states = []
     for message in (
-        "How are you doing today?",
-        "How are you doing today?",
-        "Nice weather today",
+        "How are you doing today? Nice weather",
+        "How are you doing today? Nice weather",
+        "hello",
         "What is the capital of France?",
     ):
         states.append((await run_turn(engine, message))["meta"]["state"])
     assert [s["turns"] for s in states] == [1, 2, 3, 4]
-    assert [s["dialogue_state"] for s in states] == ["opening", "smalltalk", "smalltalk", "inquiry"]
-    assert [s["dwell"] for s in states] == [1, 1, 2, 1]
+    assert [s["dialogue_state"] for s in states] == ["S1_CASUAL"] * 3 + ["S2_TASK"]
+    assert [s["dwell"] for s in states] == [1, 2, 3, 1]
 
 
 async def test_the_intent_mix_is_smoothed_half_and_half(engine):
@@ -171,3 +350,7 @@ async def test_the_intent_mix_is_smoothed_half_and_half(engine):
         for k in first["intent"]
     }
     assert second["state"]["intents"] == expected
+
+
+def test_careful_starts_at_the_reward_threshold():
+    assert is_careful(-0.2, D) and not is_careful(-0.1999, D)

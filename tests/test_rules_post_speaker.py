@@ -34,6 +34,9 @@ async def test_a_memory_keeps_the_importance_perceived_when_it_was_said(engine):
 
 
 async def test_affinity_starts_at_zero_and_follows_the_reward(engine):
+    # A chat's first turn has no reply for its reward to judge: no edge moves yet.
+    first = (await run_turn(engine, "tell me more", reward=1.0))["meta"]
+    assert first["edges"] == []
     weights = []
     for reward in (0.0, 1.0, 1.0, -1.0):
         meta = (await run_turn(engine, "tell me more", reward=reward))["meta"]
@@ -49,16 +52,19 @@ async def test_affinity_starts_at_zero_and_follows_the_reward(engine):
 
 
 async def test_affinity_is_shared_by_every_chat_with_the_persona(engine):
+    for chat in ("a", "b"):  # each chat's first turn judges nothing
+        await run_turn(engine, "hi", chat_id=chat)
     await run_turn(engine, "hi", chat_id="a", reward=1.0)
     meta = (await run_turn(engine, "hi", chat_id="b", reward=1.0))["meta"]
     assert meta["edges"][0]["weight"] == 0.36
 
 
 async def test_the_telemetry_row_is_the_turns_telemetry_and_state(engine):
+    await run_turn(engine, "Hello there")
     meta = (await run_turn(engine, "What is the capital of France?", reward=1.0))["meta"]
     rows = await engine.store.read(queries.telemetry_history, "chat-1", 10)
-    assert len(rows) == 1
-    row = rows[0]
+    assert len(rows) == 2
+    row = next(r for r in rows if r["turn_id"] == meta["turn_id"])
     t = meta["telemetry"]
     assert (row["c"], row["n"], row["m"], row["s"], row["r"]) == (
         t["C"],
@@ -68,7 +74,7 @@ async def test_the_telemetry_row_is_the_turns_telemetry_and_state(engine):
         t["R"],
     )
     assert row["r"] == 0.65
-    assert row["dialogue_state"] == meta["dialogue_state"] == "inquiry"
+    assert row["dialogue_state"] == meta["dialogue_state"] == "S2_TASK"
     assert row["turn_id"] == meta["turn_id"]
 
 
@@ -94,10 +100,12 @@ async def test_the_prompt_holds_only_what_gating_selected(tmp_path):
 
 async def test_the_note_names_the_conversation_state(engine, backend):
     await run_turn(engine, "What is the capital of France?")
-    await run_turn(engine, "Goodbye!")
     note = backend.calls[-1][-2]
     assert note.role == "system"
-    assert "Conversation state: closing." in note.content
+    # The state and the style it asks for.
+    assert "Conversation state: S2_TASK. Style: Precise: answer first, then details." in (
+        note.content
+    )
 
 
 async def test_a_crisis_out_of_character_gets_the_safety_note_only(engine, backend):

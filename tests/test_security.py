@@ -398,7 +398,7 @@ def test_safe_next_keeps_paths_on_this_site() -> None:
 
 def test_an_empty_token_counts_as_none() -> None:
     assert access_token(Settings(server={"access_token": ""})) is None
-    assert access_token(Settings(server={"access_token": "t"})) == "t"
+    assert access_token(Settings(server={"access_token": TOKEN})) == TOKEN
     assert access_token(Settings()) is None
 
 

@@ -16,6 +16,7 @@ from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
 from persona.events import ChatStarted, Generation, TurnCompleted, TurnStarted
+from persona.events.state import DIALOGUE_STATES
 from persona.llm.base import GenOptions
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import TurnRequest
@@ -30,8 +31,10 @@ EDGE = ("persona:default", "talks_with", "user:local")
 
 
 async def test_concurrent_turns_in_many_chats_give_the_serial_affinity(engine, backend):
-    backend.delay_s = 0.002  # interleave the turns' streams
     n = 4
+    for i in range(n):  # each chat's first turn: a reply for the rewarded turns to judge
+        await run_turn(engine, f"first words in chat {i}", chat_id=f"c{i}")
+    backend.delay_s = 0.002  # interleave the turns' streams
     handles = [
         await engine.runner.submit(
             TurnRequest(f"hello from chat {i}", "local", f"c{i}", "default", 1.0, GenOptions())
@@ -94,10 +97,11 @@ async def test_persona_state_survives_restart_rebuild_and_verify(settings, clock
 async def test_a_turn_reads_its_parent_turns_state_not_the_newest_row(engine):
     await run_turn(engine, "I love sailing", reward=1.0)
     second = (await run_turn(engine, "Tell me more", reward=1.0))["meta"]
-    # R follows the parent's full-precision average: 0.3, then 0.51.
-    assert second["telemetry"]["R"] == round(0.5 + 0.5 * (0.7 * 0.3 + 0.3), 4)
+    # The first turn's reward is ignored (no reply to judge); R follows the parent's
+    # full-precision average: 0.0, then 0.3.
+    assert second["telemetry"]["R"] == round(0.5 + 0.5 * 0.3, 4)
     assert second["state"]["turns"] == 2 and second["depth"] == 1
-    assert second["state"]["reward_avg"] == pytest.approx(0.51)
+    assert second["state"]["reward_avg"] == pytest.approx(0.3)
 
 
 def _turn(events: list[NewEvent], chat: str, turn: str, parent: str | None, depth: int):
@@ -222,10 +226,13 @@ async def test_a_0_1_0_database_opens_migrates_verifies_and_continues(
 
         head = await engine.store.read(queries.get_turn, chat["head_turn_id"])
         meta = build_meta(await engine.store.read(queries.trace_events, head["trace_id"]))
-        assert meta.engine_version == "0.1.0" and meta.dialogue_state
-        # The chat continues on top of its old head.
-        result = (await run_turn(engine, "I'm back!", chat_id="legacy-a"))["meta"]
+        assert meta.engine_version == "0.1.0" and meta.dialogue_state in DIALOGUE_STATES
+        # The chat continues on top of its old head. 0.1.0 kept no state snapshot: the
+        # machine starts neutral, but the reward now judges a real earlier reply.
+        result = (await run_turn(engine, "I'm back!", chat_id="legacy-a", reward=1.0))["meta"]
         assert result["parent_turn_id"] == chat["head_turn_id"] and result["depth"] == 6
+        assert result["dialogue"]["previous"] is None
+        assert result["dialogue_state"] in DIALOGUE_STATES and result["reward"]["applied"]
     finally:
         await engine.stop()
     assert _legacy_counts(legacy_db)["turn.started"] == before["turn.started"] + 1
@@ -255,3 +262,78 @@ def test_a_reshaping_migration_refuses_to_run_without_its_replay(legacy_db):
         assert applied == {1, 2}  # nothing applied, the old projections intact
     finally:
         conn.close()
+
+
+# ---- the dialogue state machine's state ---------------------------------------------
+
+
+async def test_the_safety_hold_survives_restart_rebuild_and_verify(settings, clock, tmp_path):
+    first = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await first.start()
+    try:
+        crisis = (await run_turn(first, "I want to end my life"))["meta"]
+        benign = (await run_turn(first, "What is the capital of France?"))["meta"]
+    finally:
+        await first.stop()
+    assert (crisis["dialogue_state"], crisis["state"]["safety_hold"]) == ("S6_SAFETY", 3)
+    assert (benign["dialogue_state"], benign["state"]["safety_hold"]) == ("S6_SAFETY", 2)
+    conn = connect(settings.db_path)
+    try:
+        before = projection_digests(conn)
+        rebuild(conn)
+        assert projection_digests(conn) == before
+    finally:
+        conn.close()
+    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
+    assert live == replayed
+    # A fresh engine reads the parent's snapshot: the hold goes on counting, not restarting.
+    second = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await second.start()
+    try:
+        metas = [(await run_turn(second, "What is the capital of France?"))["meta"] for _ in "ab"]
+    finally:
+        await second.stop()
+    assert [m["dialogue_state"] for m in metas] == ["S6_SAFETY", "S6_SAFETY"]
+    assert [m["dialogue"]["dwell"] for m in metas] == [3, 4]
+    assert [m["state"]["safety_hold"] for m in metas] == [1, 0]
+
+
+async def test_an_old_crisis_snapshot_continues_in_safety(settings, clock):
+    engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await engine.start()
+    events = [
+        NewEvent(
+            payload=ChatStarted(chat_id="old", persona_id="default", user_id="local", title="t"),
+            stream_id="chat:old",
+            actor="runner",
+        )
+    ]
+    _turn(events, "old", "a", None, 0)
+    try:
+        await engine.store.append(events)
+    finally:
+        await engine.stop()
+    # The snapshot as the engine before the state machine wrote it (the log is append-only,
+    # so it goes in as a raw row), then the projections are rebuilt from the log.
+    old = {"turns": 1, "dialogue_state": "crisis", "dwell": 1, "intents": {}, "reward_avg": 0.0}
+    payload = {"turn_id": "a", "chat_id": "old", "state": old}
+    conn = connect(settings.db_path)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO events (event_id, stream_id, stream_version, trace_id, wall_time,"
+                " actor, type, schema_version, payload) VALUES ('old-state', 'chat:old', 4,"
+                " ?, '2026-01-01T00:00:00+00:00', 'state', 'chat_state.recorded', 1, ?)",
+                (f"{'a':0<32}", json.dumps(payload)),
+            )
+        rebuild(conn)
+    finally:
+        conn.close()
+    engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await engine.start()
+    try:
+        meta = (await run_turn(engine, "What is the capital of France?", chat_id="old"))["meta"]
+    finally:
+        await engine.stop()
+    assert meta["parent_turn_id"] == "a" and meta["dialogue"]["previous"] == "S6_SAFETY"
+    assert meta["dialogue_state"] == "S6_SAFETY" and meta["state"]["safety_hold"] == 2

@@ -71,6 +71,12 @@ class TurnStarted(EventPayload):
         default=False,
         description="written before turns had parents: attach to the chat's head on replay",
     )
+    gen_explicit: list[str] = Field(
+        default_factory=list, description="generation options the client set itself"
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="the client's own JSON object, stored as sent"
+    )
 
 
 class PromptMessage(Model):

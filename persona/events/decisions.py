@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from persona.events.base import EventPayload, Model
+from persona.events.state import canonical_state
 
 
 class Safety(Model):
-    """Perceived safety risk of a message."""
+    """Perceived safety risk of a message: per category, in total, as flags, and why.
+
+    `override` is `escalated` (one source of truth for the crisis handling).
+    """
 
     total_risk: float = Field(ge=0.0, le=1.0)
     override: bool
     cues: list[str] = Field(default_factory=list)
+    categories: dict[str, float] = Field(
+        default_factory=dict, description="risk per category (self_harm, violence, ...)"
+    )
+    intervened: bool = False
+    escalated: bool = False
+    blocked: bool = False
+    reasons: list[str] = Field(default_factory=list, description="which cue, category, discount")
+
+
+class Appraisal(Model):
+    """The feeling a message carries: valence -1..1, arousal 0..1, discrete emotions 0..1."""
+
+    valence: float = Field(ge=-1.0, le=1.0)
+    arousal: float = Field(ge=0.0, le=1.0)
+    emotions: dict[str, float] = Field(default_factory=dict, description="only those present")
 
 
 class ClassifierInfo(Model):
@@ -27,17 +47,58 @@ class ClassifierInfo(Model):
     model: str = ""
 
 
+def _perception_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no smoothing, appraisal, passes or flags. Nothing is invented: the smoothed
+    # vector is the raw one, flags follow the recorded override, the rest stays unknown.
+    p = dict(p)
+    intent: dict[str, float] = p["intent"]
+    ranked = sorted(intent, key=lambda k: -intent[k])
+    safety = dict(p["safety"])
+    override = bool(safety["override"])
+    safety.update(
+        categories={},
+        intervened=override,
+        escalated=override,
+        blocked=False,
+        reasons=["recorded before perception v2: no reasons kept"],
+    )
+    p.update(
+        safety=safety,
+        intent_smoothed=dict(intent),
+        primary_intent=p["top_intent"],
+        secondary_intent=ranked[1] if len(ranked) > 1 else None,
+        appraisal=None,
+        importance_score=None,
+        passes=1,
+        stability=None,
+    )
+    return p
+
+
 class Perception(EventPayload):
     """Perception: what the user said and meant."""
 
     event_type: ClassVar[str] = "perception.completed"
+    version: ClassVar[int] = 2
+    upcasters = MappingProxyType({1: _perception_v1_to_v2})
 
-    intent: dict[str, float]
-    top_intent: str
+    intent: dict[str, float] = Field(description="after the passes and the classifier")
+    top_intent: str = Field(description="the same as primary_intent")
+    intent_smoothed: dict[str, float] = Field(description="EMA over the chat (state.py)")
+    primary_intent: str
+    secondary_intent: str | None = Field(description="None when the runner-up is weak")
     cues: dict[str, list[str]] = Field(default_factory=dict)
     safety: Safety
     ooc: bool
-    importance: float = Field(ge=0.0, le=1.0)
+    importance: float = Field(ge=0.0, le=1.0, description="memory weight, 0..1")
+    importance_score: int | None = Field(
+        ge=1, le=10, description="importance of the exchange 1..10 (None: before v2)"
+    )
+    appraisal: Appraisal | None = Field(description="None: recorded before v2")
+    passes: int = Field(ge=1, description="recurrent passes run")
+    stability: float | None = Field(
+        ge=0.0, le=1.0, description="1 - half the L1 change of the last pass (None: before v2)"
+    )
     classifier: ClassifierInfo | None = None
 
 
@@ -114,13 +175,57 @@ class Telemetry(Model):
     R: float
 
 
+class AppliedGeneration(Model):
+    """The generation options the dialogue state set for the reply (request values win)."""
+
+    temperature: float
+    max_tokens: int
+    style_hint: str
+    careful: bool = Field(description="the reward average asked for shorter, careful replies")
+    explicit: list[str] = Field(
+        default_factory=list, description="options the request set itself (kept as asked)"
+    )
+
+
+class DialogueDecision(Model):
+    """The dialogue state machine's step: where it went, why, and what it carries on."""
+
+    state: str
+    previous: str | None
+    dwell: int = Field(ge=1, description="consecutive turns in `state`, this one included")
+    left_state: str | None = Field(description="the state held before `state`")
+    safety_hold: int = Field(ge=0, description="turns S6_SAFETY still holds after this one")
+    scores: dict[str, float] = Field(description="smoothed score per state")
+    raw_scores: dict[str, float] = Field(description="this message's score per state")
+    reasons: list[str]
+    generation: AppliedGeneration
+
+
+class RewardJudgement(Model):
+    """What the turn's reward_signal (a verdict on the previous reply) did."""
+
+    signal: float
+    applied: bool
+    reason: str
+    avg: float = Field(description="the reward average after this turn")
+
+
+def _metacognition_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
+    # Names before the state machine ("smalltalk", "crisis") read as the states they meant.
+    return {**p, "dialogue_state": canonical_state(p.get("dialogue_state")) or "S0_NEUTRAL"}
+
+
 class Metacognition(EventPayload):
     """Metacognition: how the conversation is going."""
 
     event_type: ClassVar[str] = "metacognition.completed"
+    version: ClassVar[int] = 2
+    upcasters = MappingProxyType({1: _metacognition_v1_to_v2})
 
     telemetry: Telemetry
     dialogue_state: str
+    dialogue: DialogueDecision | None = None
+    reward: RewardJudgement | None = None
 
 
 class ClassifierFailed(EventPayload):

@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 
 from persona.events.base import Model
+
+# The dialogue states, in the order the docs list them.
+DIALOGUE_STATES = (
+    "S0_NEUTRAL",
+    "S1_CASUAL",
+    "S2_TASK",
+    "S3_EMOTIONAL",
+    "S4_META",
+    "S5_CREATIVE",
+    "S6_SAFETY",
+)
+
+# What the names written before the state machine (0.2 logs) read as now.
+LEGACY_DIALOGUE_STATES = {
+    "opening": "S1_CASUAL",
+    "smalltalk": "S1_CASUAL",
+    "closing": "S1_CASUAL",
+    "task": "S2_TASK",
+    "inquiry": "S2_TASK",
+    "support": "S3_EMOTIONAL",
+    "sharing": "S3_EMOTIONAL",
+    "meta": "S4_META",
+    "out_of_character": "S4_META",
+    "roleplay": "S5_CREATIVE",
+    "crisis": "S6_SAFETY",
+}
+
+
+# An old "crisis" snapshot was written on an override turn: it holds S6 as a fresh one does
+# (the default `metacognition.dialogue.safety_dwell`).
+LEGACY_SAFETY_HOLD = 3
+
+
+def canonical_state(name: str | None) -> str | None:
+    """A dialogue state name as the state machine knows it (old names mapped; None stays)."""
+    if name is None or name in DIALOGUE_STATES:
+        return name
+    return LEGACY_DIALOGUE_STATES.get(name, "S0_NEUTRAL")
 
 
 class ChatState(Model):
@@ -26,3 +66,27 @@ class ChatState(Model):
     workspace: tuple[str, ...] = Field(
         default=(), description="memory ids the turn's workspace held (carried forward)"
     )
+    left_state: str | None = Field(
+        default=None, description="the dialogue state held before dialogue_state"
+    )
+    safety_hold: int = Field(
+        default=0, ge=0, description="turns S6_SAFETY still holds after the last override"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_crisis_holds(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("dialogue_state") == "crisis"
+            and "safety_hold" not in data
+        ):
+            return {**data, "safety_hold": LEGACY_SAFETY_HOLD}
+        return data
+
+    @field_validator("dialogue_state", "left_state", mode="before")
+    @classmethod
+    def _upcast_state_name(cls, value: Any) -> Any:
+        # Snapshots written before the state machine hold names like "crisis": read them
+        # as the state they meant, so a continuing chat keeps its state (crisis stays S6).
+        return canonical_state(value) if isinstance(value, str) else value

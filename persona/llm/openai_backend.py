@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from openai import APIStatusError, AsyncOpenAI, OpenAI
 
 from persona.config import MASK, Settings, url_credentials
+from persona.controls import strip_controls
 from persona.llm.base import (
     NORMAL_FINISHES,
     Backend,
@@ -86,7 +87,8 @@ class OpenAIBackend(Backend):
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         if self._key_re is not None:
             detail = self._key_re.sub(MASK, detail)
-        detail = _KEYLIKE.sub(MASK, " ".join(detail.split()))[:300]
+        # Upstream text may hold control characters: the error is stored and shown.
+        detail = _KEYLIKE.sub(MASK, " ".join(strip_controls(detail).split()))[:300]
         status = getattr(exc, "status_code", None)
         code = f" {status}" if status else ""
         return LLMError(f"openai backend ({self._where}): {type(exc).__name__}{code}: {detail}")
@@ -202,5 +204,9 @@ def _host_of(base_url: str | None) -> str:
     """Name the server in errors without any credentials a URL might carry."""
     if not base_url:
         return "default OpenAI endpoint"
-    parts = urlsplit(base_url)
-    return f"{parts.hostname or '?'}{f':{parts.port}' if parts.port else ''}"
+    try:
+        parts = urlsplit(url_credentials(base_url)[0])
+        port = parts.port
+    except ValueError:  # a malformed port: say so without echoing any of the URL
+        return "a malformed base_url"
+    return f"{parts.hostname or '?'}{f':{port}' if port else ''}"

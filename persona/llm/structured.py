@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Generic, TypeVar
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import instructor
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from persona.controls import strip_controls
 from persona.llm.base import Backend, ChatMessage
 
 T = TypeVar("T", bound=BaseModel)
@@ -83,7 +85,8 @@ async def structured_call(
     try:
         # Built here, not in the worker thread, so lazily created clients never race.
         create = backend.structured_create()
-        value = await asyncio.wait_for(asyncio.to_thread(run, create), timeout_s)
+        loop = asyncio.get_running_loop()
+        value = await asyncio.wait_for(loop.run_in_executor(_WORKERS, run, create), timeout_s)
     except TimeoutError:
         error = f"timeout after {timeout_s:g}s"
     except Exception as exc:
@@ -133,9 +136,17 @@ def _short(exc: Exception) -> str:
         where = ".".join(str(part) for part in first["loc"]) or "root"
         text = f"{exc.error_count()} validation error(s); {where}: {first['msg']}"
     else:
-        text = " ".join(str(exc).split()) or "no detail"
+        text = " ".join(strip_controls(str(exc)).split()) or "no detail"
     return f"{type(exc).__name__}: {text}"[:240]
 
+
+# Structured calls are synchronous SDK calls in threads. A timeout stops the waiting, not
+# the thread: a stalled upstream can hold one until its own socket timeout. Their own small
+# pool keeps such threads from filling the default executor, which every turn's
+# admission (`check_fits`) needs; a call that finds both busy times out like a slow one
+# and the stage falls back to its lexical reading.
+STRUCTURED_WORKERS = 2
+_WORKERS = ThreadPoolExecutor(max_workers=STRUCTURED_WORKERS, thread_name_prefix="structured")
 
 # instructor logs every exhausted retry at ERROR with fragments of model output; the
 # failure is already recorded as a `classifier.failed` event, so keep the console quiet.

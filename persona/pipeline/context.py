@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from persona.config import Settings
 from persona.errors import MissingDecision
@@ -28,6 +28,10 @@ class TurnRequest:
     persona_id: str
     reward_signal: float
     gen: GenOptions
+    # The generation options the client set itself: a dialogue state never changes those.
+    gen_explicit: frozenset[str] = frozenset()
+    # The client's own JSON object, stored on turn.started (never read by the stages).
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass

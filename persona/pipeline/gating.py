@@ -19,7 +19,7 @@ from persona.events import Budget, GateDecision, MemoryRetrieval, Perception, Wo
 from persona.llm.base import ChatMessage
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext, TurnRequest
 from persona.pipeline.layout import PromptParts, layout, memory_text
-from persona.pipeline.perception import safety_risk
+from persona.pipeline.perception import is_ooc, safety_risk
 from persona.pipeline.post import episodic_id
 from persona.storage.queries import PathTurn, PersonaRow
 
@@ -181,7 +181,7 @@ def message_room(request: TurnRequest, persona: PersonaRow, env: StageEnv) -> tu
         persona=persona,
         message=request.message,
         safety_override=override,
-        ooc=request.message.lstrip().startswith("(("),
+        ooc=is_ooc(request.message, env.settings.perception.ooc_marker),
     )
     fixed = prompt_tokens(replace(parts, message=""), env)
     room = env.backend.context_window() - request.gen.max_tokens - fixed

@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 
 from persona.events import RetrievedMemory
 from persona.llm.base import ChatMessage
+from persona.pipeline.dialogue import LONGEST_STATE_LINE
 from persona.pipeline.notes import memory_note
 from persona.pipeline.prompts import PromptSet
 from persona.storage.queries import PathTurn, PersonaRow
 
-# The longest dialogue state name: gating reserves room for it before metacognition runs.
-LONGEST_STATE = "out_of_character"
+# The longest dialogue state line (state and style hint): gating reserves room for it
+# before metacognition runs.
+LONGEST_STATE = LONGEST_STATE_LINE
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ from persona.events import (
     Metacognition,
     Perception,
     ReplyCompleted,
+    Safety,
     Telemetry,
     TurnCompleted,
     TurnStarted,
     Workspace,
 )
+from persona.events.decisions import Appraisal, DialogueDecision, RewardJudgement
 from persona.storage.eventlog import Event
 
 META_VERSION = 2
@@ -40,10 +42,28 @@ class _Meta(BaseModel):
 
 
 class MetaSafety(_Meta):
-    """The safety verdict of the turn."""
+    """The safety verdict of the turn: risk, per category, raised flags, and why."""
 
     total_risk: float
     override: bool
+    categories: dict[str, float] = Field(default_factory=dict)
+    flags: list[str] = Field(
+        default_factory=list, description="raised, in order: intervened, escalated, blocked"
+    )
+    reasons: list[str] = Field(default_factory=list)
+
+
+class MetaPerception(_Meta):
+    """How the message was read beyond the raw intent vector (None: recorded before v2)."""
+
+    intent_smoothed: dict[str, float]
+    primary_intent: str
+    secondary_intent: str | None
+    appraisal: Appraisal | None
+    importance: int | None = Field(description="1..10")
+    ooc: bool
+    passes: int
+    stability: float | None
 
 
 class MetaRetrieved(_Meta):
@@ -95,6 +115,7 @@ class MetaV1(_Meta):
     dialogue_state: str
     telemetry: Telemetry
     safety: MetaSafety
+    perception: MetaPerception
     decision_candidates: list[GateDecision]
     memory: MetaMemory
     timing_ms: dict[str, float] = Field(description="per stage, in pipeline order")
@@ -119,6 +140,12 @@ class Meta(MetaV1):
     edges: list[MetaEdge]
     llm: MetaLLM
     state: ChatState
+    dialogue: DialogueDecision | None = Field(
+        default=None, description="the state machine's step: reasons, scores, generation"
+    )
+    reward: RewardJudgement | None = Field(
+        default=None, description="whether the reward_signal was applied, and why"
+    )
     reply_flags: list[str] = Field(
         default_factory=list,
         description="what the reply check did to the reply: label, continued, loop, cut, repeat",
@@ -163,6 +190,19 @@ def timing(events: Sequence[Event]) -> dict[str, float]:
     return out
 
 
+def meta_safety(safety: Safety) -> MetaSafety:
+    """The safety verdict as meta shows it (flags as the names of those raised)."""
+    raised = [("intervened", safety.intervened), ("escalated", safety.escalated)]
+    raised.append(("blocked", safety.blocked))
+    return MetaSafety(
+        total_risk=safety.total_risk,
+        override=safety.override,
+        categories=dict(sorted(safety.categories.items())),
+        flags=[name for name, on in raised if on],
+        reasons=safety.reasons,
+    )
+
+
 def build_meta(events: Sequence[Event]) -> Meta:
     """Assemble meta from a completed turn's events (IncompleteTurn otherwise)."""
     _, started = _one(events, TurnStarted)
@@ -187,8 +227,16 @@ def build_meta(events: Sequence[Event]) -> Meta:
         intent=dict(sorted(perception.intent.items())),
         dialogue_state=metacog.dialogue_state,
         telemetry=metacog.telemetry,
-        safety=MetaSafety(
-            total_risk=perception.safety.total_risk, override=perception.safety.override
+        safety=meta_safety(perception.safety),
+        perception=MetaPerception(
+            intent_smoothed=dict(sorted(perception.intent_smoothed.items())),
+            primary_intent=perception.primary_intent,
+            secondary_intent=perception.secondary_intent,
+            appraisal=perception.appraisal,
+            importance=perception.importance_score,
+            ooc=perception.ooc,
+            passes=perception.passes,
+            stability=perception.stability,
         ),
         decision_candidates=gating.candidates,
         memory=MetaMemory(
@@ -238,6 +286,8 @@ def build_meta(events: Sequence[Event]) -> Meta:
             completion_tokens=reply.usage.completion_tokens,
         ),
         state=state.state if state else ChatState(),
+        dialogue=metacog.dialogue,
+        reward=metacog.reward,
         reply_flags=reply.flags,
         meta_v1=v1,
     )

@@ -9,27 +9,36 @@ Telemetry, each 0..1:
   S  safety      1 - the perceived total safety risk.
   R  reward      0.5 + 0.5 * the reward average after this turn's reward_signal (the
                  parent turn's full-precision average carried in the chat state).
+
+reward_signal judges the previous reply, so a chat's first turn ignores it (recorded in
+`reward`). When the average after this turn is at or below `dialogue.careful_reward`, the
+reply turns careful: max_tokens shrinks by `careful_tokens` and the style hint asks for a
+more careful, shorter answer (`dialogue.generation.careful`).
+
+The dialogue state comes from `dialogue.decide` (the state machine), stepped from the
+parent turn's snapshot, never rebuilt from scratch.
 """
 
 from __future__ import annotations
 
 from persona.events import MemoryRetrieval, Metacognition, Perception, Telemetry, Workspace
+from persona.events.decisions import RewardJudgement
+from persona.pipeline import dialogue
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext
-from persona.pipeline.state import next_reward_avg
+from persona.pipeline.state import FIRST_TURN_REWARD, reward_after, reward_applies, smoothed_intent
 from persona.pipeline.text import content_words, jaccard
 
-FAREWELLS = frozenset({"bye", "goodbye", "goodnight", "later", "farewell"})
 
-STATE_BY_INTENT = {
-    "smalltalk": "smalltalk",
-    "meta_conversation": "meta",
-    "emotional_support": "support",
-    "task_oriented": "task",
-    "factual_query": "inquiry",
-    "creative_roleplay": "roleplay",
-    "self_disclosure": "sharing",
-    "safety_risk": "crisis",
-}
+def judge_reward(ctx: TurnContext, rate: float) -> RewardJudgement:
+    """What this turn's reward_signal does to the reward average, and why."""
+    signal = ctx.request.reward_signal
+    applied = reward_applies(ctx.parent_state)
+    return RewardJudgement(
+        signal=signal,
+        applied=applied,
+        reason="applied to the previous reply" if applied else FIRST_TURN_REWARD,
+        avg=round(reward_after(ctx.parent_state, signal, rate), 6),
+    )
 
 
 def telemetry(ctx: TurnContext, reward_ema: float, novelty_window: int) -> Telemetry:
@@ -50,7 +59,7 @@ def telemetry(ctx: TurnContext, reward_ema: float, novelty_window: int) -> Telem
     used = [memories[mid].score for mid in workspace.selected_memories]
     memory = sum(used) / len(used) if used else 0.0
     safety = 1.0 - ctx.need(Perception).safety.total_risk
-    reward = next_reward_avg(ctx.parent_state.reward_avg, ctx.request.reward_signal, reward_ema)
+    reward = reward_after(ctx.parent_state, ctx.request.reward_signal, reward_ema)
     return Telemetry(
         C=round(coherence, 4),
         N=round(novelty, 4),
@@ -60,31 +69,32 @@ def telemetry(ctx: TurnContext, reward_ema: float, novelty_window: int) -> Telem
     )
 
 
-def dialogue_state(ctx: TurnContext) -> str:
-    """Name where the conversation is: crisis, ooc, closing, opening, or the intent's state."""
-    perception = ctx.need(Perception)
-    if perception.safety.override:
-        return "crisis"
-    if perception.ooc:
-        return "out_of_character"
-    if FAREWELLS & set(ctx.request.message.lower().replace("!", " ").split()):
-        return "closing"
-    top = perception.top_intent
-    if ctx.depth == 0 and top in ("smalltalk", "meta_conversation"):
-        return "opening"
-    return STATE_BY_INTENT[top]
-
-
 class MetacognitionStage:
-    """Assess the turn: telemetry and dialogue state."""
+    """Assess the turn: telemetry, the reward's effect and the dialogue state."""
 
     name = "metacognition"
 
     async def run(self, ctx: TurnContext, env: StageEnv) -> StageOutput:
         s = env.settings.metacognition
+        perception = ctx.need(Perception)
+        reward = judge_reward(ctx, s.reward_ema)
+        decision = dialogue.decide(
+            ctx.parent_state,
+            perception.intent,
+            smoothed_intent(ctx.parent_state, perception),
+            perception.safety.total_risk,
+            perception.safety.override,
+            perception.ooc,
+            ctx.request.gen,
+            ctx.request.gen_explicit,
+            careful=dialogue.is_careful(reward.avg, s.dialogue),
+            s=s.dialogue,
+        )
         return StageOutput(
             Metacognition(
                 telemetry=telemetry(ctx, s.reward_ema, s.novelty_window),
-                dialogue_state=dialogue_state(ctx),
+                dialogue_state=decision.state,
+                dialogue=decision,
+                reward=reward,
             )
         )

@@ -19,7 +19,7 @@ from persona.events import (
 )
 from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, TurnContext
 from persona.pipeline.reply_check import DEGENERATE
-from persona.pipeline.state import step
+from persona.pipeline.state import reward_applies, step
 
 # The relationship edge a turn's reward_signal moves.
 AFFINITY_REL = "talks_with"
@@ -31,7 +31,7 @@ def episodic_id(turn_id: str) -> str:
 
 
 class EpisodicWrite:
-    """Remember the exchange as an episodic memory of the persona.
+    """Remember the exchange as an episodic memory of the persona (not an OOC one).
 
     A reply that degenerated (a loop, cut at the cap, a copy of an earlier reply) is not
     remembered, even trimmed:
@@ -44,6 +44,8 @@ class EpisodicWrite:
         reply = ctx.get(ReplyCompleted)
         if reply is not None and DEGENERATE.intersection(reply.flags):
             return []
+        if ctx.need(Perception).ooc:
+            return []  # out of character: it steers the story, it is not part of it
         return [
             Emit(
                 MemoryWritten(
@@ -67,11 +69,14 @@ def affinity(previous: float | None, signal: float, rate: float) -> float:
 
 
 class Relationship:
-    """Move the persona→user affinity edge toward this turn's reward_signal."""
+    """Move the persona→user affinity edge toward this turn's reward_signal (from a chat's
+    second turn: the signal judges the previous reply)."""
 
     name = "relationship"
 
     def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        if not reward_applies(ctx.parent_state):
+            return []  # a chat's first turn: its reward_signal has no reply to judge
         src, dst = f"persona:{ctx.request.persona_id}", f"user:{ctx.request.user_id}"
         previous = persona.edge_weight(src, AFFINITY_REL, dst)
         rate = env.settings.relationship.affinity_rate

@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The rule lives below every layer (the LLM backends clean upstream errors with it too).
+from persona.controls import first_control, strip_controls
 from persona.llm.base import GenOptions
 
 # Flags, in the order the checks run.
@@ -30,19 +32,6 @@ NGRAM = 4  # a loop: some word 4-gram occurs LOOP_REPEATS times or more
 LOOP_REPEATS = 3
 CHAR_RUN = 10  # a loop: one non-space character this many times in a row ("🐦" ×50)
 CHAR_RUN_KEEP = 3  # how many of a runaway character survive ("!!!" is fine)
-
-# Control characters a page cannot show: C0 but tab, line feed and carriage return; DEL;
-# C1 (together, Unicode's category Cc less those three). A regex class body that Python,
-# ECMAScript and Rust read alike: requests publish it in their JSON Schema.
-CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
-# Lone surrogates too: no UTF-8 text holds one, so neither a page nor the database can.
-_CONTROL = re.compile(rf"[{CONTROL_CLASS}\ud800-\udfff]")
-# Terminal escape sequences, removed whole so no "[31m" is left behind: CSI ("ESC [" or
-# U+009B, parameters, a final byte), OSC ("ESC ]" up to BEL or "ESC \\"; unterminated, only
-# its opening goes, or the rest of the reply would), and the short escapes ("ESC (B").
-_ESCAPE = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]"
-)
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
 _VERBS = r"(?:said|says|replied|replies|asked|asks|answered|answers|wrote|writes)"
@@ -164,18 +153,6 @@ def trim_to_sentence(text: str) -> str:
         text = text.rsplit(maxsplit=1)[0]
     words = text.rstrip(" ,;:-–—")
     return f"{words}…" if words else ""
-
-
-def first_control(text: str) -> tuple[int, str] | None:
-    """The position and character of the first control character (or lone surrogate)."""
-    match = _CONTROL.search(text)
-    return (match.start(), match.group()) if match else None
-
-
-def strip_controls(text: str) -> str:
-    """The text without terminal escape sequences and control characters (tab, line feed
-    and carriage return stay)."""
-    return _CONTROL.sub("", _ESCAPE.sub("", text))
 
 
 REPEAT_MIN_WORDS = 4  # "Thank you!" twice is manners, not a copied reply

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persona.config import Settings
+from persona.controls import strip_controls
 from persona.errors import (
     ChatConflict,
     MessageTooLong,
@@ -43,7 +44,6 @@ from persona.pipeline.recovery import (
     failure,
     recover,
 )
-from persona.pipeline.reply_check import strip_controls
 from persona.pipeline.speaker import SpeakerStage
 from persona.pipeline.turn import Identity, Turn, TurnResult, chat_stream
 from persona.storage import queries
@@ -163,6 +163,7 @@ class TurnRunner:
         self._tasks: dict[asyncio.Task[None], _Slot] = {}
         self._accepting: set[asyncio.Future[None]] = set()
         self._closing = False
+        self._running = asyncio.Semaphore(settings.server.concurrent_turns)
 
     async def resolve(
         self, chat_id: str, persona_id: str | None, user_id: str, default_persona: str
@@ -201,7 +202,8 @@ class TurnRunner:
         """Record a turn as queued on its chat, then run it even if the caller goes away.
 
         Raises QueueFull, before anything is written, when the chat already has
-        `server.chat_queue_limit` turns waiting or running.
+        `server.chat_queue_limit` turns waiting or running, or all chats together
+        `server.turn_limit`.
         """
         if self._closing:
             raise ShuttingDown("the server is shutting down")
@@ -209,6 +211,11 @@ class TurnRunner:
         ahead = self.queued(request.chat_id)
         if ahead >= limit:
             raise QueueFull(request.chat_id, limit, retry_after_s(ahead))
+        total_limit = self.settings.server.turn_limit
+        total = sum(len(chat) for chat in self._queues.values())
+        if total >= total_limit:
+            running = self.settings.server.concurrent_turns
+            raise QueueFull(None, total_limit, retry_after_s(total // running))
         loop = asyncio.get_running_loop()
         handle = TurnHandle(
             uuid.uuid4().hex, uuid.uuid4().hex, request.chat_id, loop.create_future()
@@ -319,8 +326,9 @@ class TurnRunner:
             await slot.go  # the turns ahead of it on this chat
             if self.ready is not None:
                 await self.ready.wait()  # the model is still loading
-            slot.started = True
-            await self._execute(request, slot.handle)
+            async with self._running:  # at most server.concurrent_turns at once
+                slot.started = True
+                await self._execute(request, slot.handle)
         finally:
             self._release(request.chat_id, slot)
 

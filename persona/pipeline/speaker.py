@@ -13,8 +13,9 @@ from persona.events import (
     ReplyUsage,
     Workspace,
 )
-from persona.llm.base import ChatMessage, LLMResponse
+from persona.llm.base import ChatMessage, GenOptions, LLMResponse
 from persona.pipeline.context import StageEnv, TurnContext
+from persona.pipeline.dialogue import prompt_state
 from persona.pipeline.gating import selected_history
 from persona.pipeline.layout import PromptParts, layout, memory_text
 from persona.pipeline.prompts import PromptSet
@@ -30,6 +31,22 @@ class Prompt:
     trimmed: tuple[str, ...] = ()
 
 
+def state_line(metacog: Metacognition) -> str:
+    """The dialogue state as the prompt names it, with its style hint when decided."""
+    return prompt_state(metacog.dialogue) if metacog.dialogue else metacog.dialogue_state
+
+
+def turn_gen(ctx: TurnContext) -> GenOptions:
+    """The request's options with what the dialogue state applied (request values won)."""
+    metacog = ctx.get(Metacognition)
+    if metacog is None or metacog.dialogue is None:
+        return ctx.request.gen
+    applied = metacog.dialogue.generation
+    return ctx.request.gen.model_copy(
+        update={"temperature": applied.temperature, "max_tokens": applied.max_tokens}
+    )
+
+
 def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
     """The parts the workspace selected, and the ids of what may be cut (first to go first)."""
     perception = ctx.need(Perception)
@@ -42,7 +59,7 @@ def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
         memories=tuple(memory_text(memories[mid]) for mid in workspace.selected_memories),
         safety_override=perception.safety.override,
         ooc=perception.ooc,
-        dialogue_state=ctx.need(Metacognition).dialogue_state,
+        dialogue_state=state_line(ctx.need(Metacognition)),
     )
     # Lowest priority first: the candidates are listed best first.
     order = [c.id for c in reversed(workspace.candidates) if c.selected]
@@ -94,7 +111,7 @@ class SpeakerStage:
         """Build the prompt, fit it to the window and start generating."""
         prompt = fit_prompt(ctx, env)
         # Stop sequences end the reply where the next speaker's line would start.
-        options = reply_options(ctx.request.gen, ctx.persona.name)
+        options = reply_options(turn_gen(ctx), ctx.persona.name)
         return prompt, env.backend.stream(prompt.messages, options)
 
     @staticmethod

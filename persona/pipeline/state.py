@@ -12,10 +12,24 @@ from persona.events import ChatState, Metacognition, Perception, Workspace
 # Weight of the newest turn in the smoothed intent distribution.
 INTENT_SMOOTHING = 0.5
 
+FIRST_TURN_REWARD = "ignored: the chat's first turn has no earlier reply to judge"
+
 
 def next_reward_avg(previous: float, signal: float, rate: float) -> float:
     """Exponential moving average of reward_signal (full precision, -1..1)."""
     return (1.0 - rate) * previous + rate * signal
+
+
+def reward_applies(parent: ChatState) -> bool:
+    """A reward_signal judges the previous reply: there is none before the first turn."""
+    return parent.turns > 0
+
+
+def reward_after(parent: ChatState, signal: float, rate: float) -> float:
+    """The reward average after this turn's signal (unchanged when it is ignored)."""
+    if not reward_applies(parent):
+        return parent.reward_avg
+    return next_reward_avg(parent.reward_avg, signal, rate)
 
 
 def smooth_intents(previous: dict[str, float], current: dict[str, float]) -> dict[str, float]:
@@ -27,6 +41,14 @@ def smooth_intents(previous: dict[str, float], current: dict[str, float]) -> dic
     return {k: round(a * current.get(k, 0.0) + (1 - a) * previous.get(k, 0.0), 6) for k in keys}
 
 
+def smoothed_intent(parent: ChatState, perception: Perception) -> dict[str, float]:
+    """This turn's smoothed intents: perception's own (blended from the parent's here
+    only for a decision recorded without them)."""
+    if perception.intent_smoothed:
+        return dict(perception.intent_smoothed)
+    return smooth_intents(parent.intents, perception.intent)
+
+
 def step(
     previous: ChatState,
     perception: Perception,
@@ -36,12 +58,16 @@ def step(
     reward_rate: float,
 ) -> ChatState:
     """The state after a completed turn, from its parent's state and its decisions."""
+    dialogue = metacognition.dialogue
     state = metacognition.dialogue_state
+    same = state == previous.dialogue_state
     return ChatState(
         turns=previous.turns + 1,
         dialogue_state=state,
-        dwell=previous.dwell + 1 if state == previous.dialogue_state else 1,
-        intents=smooth_intents(previous.intents, perception.intent),
-        reward_avg=next_reward_avg(previous.reward_avg, reward_signal, reward_rate),
+        dwell=dialogue.dwell if dialogue else (previous.dwell + 1 if same else 1),
+        intents=smoothed_intent(previous, perception),
+        reward_avg=reward_after(previous, reward_signal, reward_rate),
         workspace=tuple(workspace.selected_memories),
+        left_state=dialogue.left_state if dialogue else None,
+        safety_hold=dialogue.safety_hold if dialogue else 0,
     )

@@ -1,8 +1,9 @@
-"""Small text helpers shared by the stages: words, content words, overlap."""
+"""Small text helpers shared by the stages: words, content words, overlap, phrase matching."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _WORD_RE = re.compile(r"[a-z0-9']+")
 
@@ -30,3 +31,51 @@ def jaccard(a: set[str], b: set[str]) -> float:
     if not a or not b:
         return 0.0
     return len(a & b) / len(a | b)
+
+
+# Han, hiragana, katakana (and their half-width forms after NFKC): scripts written without
+# spaces, so a phrase in them matches as a substring instead of on word boundaries.
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+_TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, straight apostrophes: full-width ？ becomes ?, ｶﾀｶﾅ becomes カタカナ."""
+    return unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+
+
+def is_cjk(text: str) -> bool:
+    """Whether the text holds any Chinese or Japanese character."""
+    return _CJK_RE.search(text) is not None
+
+
+def tokens(normalized: str) -> list[str]:
+    """Unicode word tokens of normalized text (a CJK run stays one token)."""
+    return _TOKEN_RE.findall(normalized)
+
+
+class Matcher:
+    """Find lexicon phrases in one message, in any script.
+
+    A phrase of spaced words (English) matches on whole tokens, so "hi" is not found in
+    "this"; a phrase with CJK characters matches as a substring, since Japanese has no
+    spaces. Tokens keep their positions so a cue can look at the words just before it.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = normalize(text)
+        self.tokens = tokens(self.text)
+        self._padded = f" {' '.join(self.tokens)} "
+
+    def find(self, phrase: str) -> int | None:
+        """The token index where `phrase` starts (0 for a CJK substring hit), or None."""
+        if is_cjk(phrase):
+            return 0 if normalize(phrase) in self.text else None
+        needle = f" {' '.join(tokens(normalize(phrase)))} "
+        at = self._padded.find(needle)
+        if at < 0:
+            return None
+        return self._padded[:at].count(" ")
+
+    def __contains__(self, phrase: str) -> bool:
+        return self.find(phrase) is not None

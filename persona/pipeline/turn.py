@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+from persona.controls import strip_controls
 from persona.errors import PersonaNotFound, TurnFailed
 from persona.events import (
     ChatStarted,
@@ -202,8 +203,11 @@ class Turn:
             depth=depth,
             message=request.message,
             reward_signal=request.reward_signal,
-            # What the speaker will send, its stop sequences included.
+            # What the request asked for, its stop sequences included (the dialogue state
+            # may lower temperature and max_tokens: metacognition records what was sent).
             gen=Generation(**reply_options(request.gen, persona.name).model_dump(mode="json")),
+            gen_explicit=sorted(request.gen_explicit),
+            metadata=request.metadata,
             backend=self.identity.backend,
             model=self.identity.model,
             config_hash=self.identity.config_hash,
@@ -318,9 +322,11 @@ class Turn:
                         chat_id=self.request.chat_id,
                         persona_id=self.request.persona_id,
                         stage=stage,
-                        error=error,
+                        # Upstream text: stored and shown, so without control characters
+                        # (the partial text as the user saw it streaming).
+                        error=strip_controls(error),
                         partial_reply_chars=len(partial),
-                        partial_reply=partial or None,
+                        partial_reply=strip_controls(partial) or None,
                     ),
                     "runner",
                 )

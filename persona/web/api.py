@@ -48,8 +48,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid field values"},
     429: {
         "model": ErrorBody,
-        "description": "The chat has as many turns waiting as it may: retry after the"
-        " `Retry-After` header's seconds",
+        "description": "The chat, or the server, has as many turns waiting as it may:"
+        " retry after the `Retry-After` header's seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "The server is shutting down: retry after `Retry-After` seconds",
         "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
     },
 }

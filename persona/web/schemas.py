@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, field_validator
 
+from persona.controls import CONTROL_CLASS, first_control
 from persona.pipeline.meta import Meta
-from persona.pipeline.reply_check import CONTROL_CLASS, first_control
 
 ID_PATTERN = r"^[A-Za-z0-9_:.\-]{1,128}$"
 MAX_MESSAGE_CHARS = 32000
@@ -36,6 +37,23 @@ def json_number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a JSON number")
     return value
+
+
+# A client's metadata object: a bound on its stored size and nesting.
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 8
+
+
+def json_depth(value: Any) -> int:
+    """How deep objects and arrays nest (a scalar is 0, `{}` is 1); iterative."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 # JSON Schema's integer is any number without a fraction: 3408.0 is one (a strict int would
@@ -75,6 +93,31 @@ class ChatRequest(BaseModel):
     persona_id: Identifier | None = None
     reward_signal: Reward = 0.0
     gen: GenParams | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The client's own JSON object, stored with the turn and shown in its trace"
+            f" (at most {MAX_METADATA_BYTES} bytes as JSON, nested {MAX_METADATA_DEPTH} deep)."
+        ),
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Refuse metadata the log should not hold: too big, too deep, not plain JSON."""
+        if value is None:
+            return None
+        # Depth first: it is counted without recursion, json.dumps then cannot overflow.
+        if (depth := json_depth(value)) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested {depth} deep (at most {MAX_METADATA_DEPTH})")
+        try:
+            size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            # Non-finite numbers, lone surrogates, non-string keys: no JSON to store.
+            raise ValueError(f"metadata is not storable JSON: {exc}") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes as JSON (at most {MAX_METADATA_BYTES})")
+        return value
 
     @field_validator("message", mode="before")
     @classmethod

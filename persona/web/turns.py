@@ -45,6 +45,8 @@ async def build_request(engine: Engine, body: ChatRequest) -> TurnRequest:
         persona_id=persona_id,
         reward_signal=float(body.reward_signal),
         gen=gen,
+        gen_explicit=frozenset(asked.model_dump(exclude_none=True) if asked else ()),
+        metadata=body.metadata,
     )
     await engine.runner.check_fits(request)  # raises MessageTooLong before any write
     return request
