@@ -133,7 +133,47 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         print("verify FAILED: projections differ from a replay of the log", file=sys.stderr)
         return 1
     print(f"verify ok: {total} events replay to the same projections")
+    if getattr(args, "replay", False):
+        return _verify_decisions(settings)
     return 0
+
+
+def _verify_decisions(settings: Settings) -> int:
+    """Re-run every turn's control-plane stages from its recorded inputs (--replay)."""
+    import asyncio
+
+    from persona.decision_replay import replay_decisions
+    from persona.llm.registry import make_backend
+
+    # Only its tokenizer and window are used: model outputs come from the log.
+    tokens = make_backend(settings)
+    report = asyncio.run(replay_decisions(settings.db_path, settings, tokens))
+    for diff in report.differences:
+        print(f"DIFF {diff.render()}")
+    if not report.ok:
+        print(
+            f"verify --replay FAILED: {len(report.differences)} difference(s) in"
+            f" {report.turns} turn(s)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"replay ok: {report.turns} turn(s), {report.decisions} decisions identical")
+    return 0
+
+
+def cmd_bench_control_plane(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the control-plane bench; exit 1 with the differences when anything fails."""
+    from persona.bench.control_plane import CaseError, default_cases_path, run_bench
+
+    try:
+        cases = Path(args.cases) if args.cases else default_cases_path()
+        if not cases.is_file():
+            raise CommandError(f"no cases file at {cases}")
+        report = run_bench(cases, write_baseline=args.write_baseline)
+    except CaseError as exc:
+        raise CommandError(str(exc)) from exc
+    sys.stdout.write(report.render())
+    return 0 if report.ok else 1
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
@@ -166,9 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(fn=fn)
+        if name == "verify":
+            p.add_argument(
+                "--replay",
+                action="store_true",
+                help="also re-run every turn's control-plane decisions and compare them",
+            )
     sub.add_parser("config", help="print the effective config and config_hash").set_defaults(
         fn=cmd_config
     )
+    bench = sub.add_parser("bench", help="run a bench").add_subparsers(dest="bench", required=True)
+    control = bench.add_parser("control-plane", help="the control-plane cases and baseline")
+    control.add_argument("--cases", help="a cases.toml (default: the checkout's bench)")
+    control.add_argument(
+        "--write-baseline",
+        action="store_true",
+        help="rewrite baseline.json beside the cases with this run (on purpose)",
+    )
+    control.set_defaults(fn=cmd_bench_control_plane)
     return parser
 
 

@@ -185,6 +185,63 @@ class DialogueSettings(BaseModel):
     careful_tokens: float = Field(default=0.6, gt=0.0, le=1.0)
 
 
+class GlobalStateSettings(BaseModel):
+    """The global state's thresholds (NORMAL / OVERLOADED / REFLECTIVE / SAFETY_LOCK)."""
+
+    model_config = _SECTION
+
+    # OVERLOADED: the message's share of the prompt room enters at `overload_enter` and
+    # holds while it is at or above `overload_exit`.
+    overload_enter: float = Field(default=0.5, gt=0.0, le=1.0)
+    overload_exit: float = Field(default=0.3, ge=0.0, le=1.0)
+    # REFLECTIVE on low coherence: smoothed C below `reflective_enter` (after
+    # `reflective_after` turns), holding until it is back at `reflective_exit`.
+    reflective_enter: float = Field(default=0.1, ge=0.0, le=1.0)
+    reflective_exit: float = Field(default=0.2, ge=0.0, le=1.0)
+    reflective_after: int = Field(default=3, ge=0)
+    # OVERLOADED and REFLECTIVE hold at least this many turns once entered.
+    min_dwell: int = Field(default=2, ge=1)
+
+
+class SubjectivitySettings(BaseModel):
+    """The subjectivity mode's score weights and bands (S0..S3)."""
+
+    model_config = _SECTION
+
+    # Score = weighted telemetry (weights sum to 1).
+    weight_c: float = Field(default=0.35, ge=0.0, le=1.0)
+    weight_m: float = Field(default=0.25, ge=0.0, le=1.0)
+    weight_s: float = Field(default=0.2, ge=0.0, le=1.0)
+    weight_r: float = Field(default=0.2, ge=0.0, le=1.0)
+    # Weight of the newest turn in the score's moving average.
+    smoothing: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Going up needs the band's threshold, going down falls `hysteresis` below it.
+    reflective: float = Field(default=0.45, gt=0.0, le=1.0)
+    autonomous: float = Field(default=0.65, gt=0.0, le=1.0)
+    hysteresis: float = Field(default=0.05, ge=0.0, le=0.5)
+    # S3_SAFE below `safe_enter` (or under SAFETY_LOCK); left at `safe_exit` after min_dwell.
+    safe_enter: float = Field(default=0.2, ge=0.0, le=1.0)
+    safe_exit: float = Field(default=0.3, ge=0.0, le=1.0)
+    min_dwell: int = Field(default=2, ge=1)
+
+
+class FailureSettings(BaseModel):
+    """Failure detection: identity health, collapse level and auto-recovery."""
+
+    model_config = _SECTION
+
+    # A "lost" turn: coherence below `low_coherence` and memory below `low_memory`.
+    low_coherence: float = Field(default=0.15, ge=0.0, le=1.0)
+    low_memory: float = Field(default=0.2, ge=0.0, le=1.0)
+    # Runs that count fully toward the collapse risk.
+    lost_run: int = Field(default=3, ge=1)
+    degenerate_run: int = Field(default=2, ge=1)
+    # At this collapse level the dialogue state is forced to S4_META; at 4 the mode is S3_SAFE.
+    recovery_level: int = Field(default=3, ge=1, le=4)
+    # Below this health the speaker is told to disclose uncertainty about the past.
+    disclose_health: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 class MetacognitionSettings(BaseModel):
     """The turn's self-assessment signals."""
 
@@ -192,7 +249,12 @@ class MetacognitionSettings(BaseModel):
 
     reward_ema: float = Field(default=0.3, gt=0.0, le=1.0)
     novelty_window: int = Field(default=20, ge=1)
+    # Weight of the newest turn in the smoothed telemetry (per chat).
+    telemetry_smoothing: float = Field(default=0.5, gt=0.0, le=1.0)
     dialogue: DialogueSettings = Field(default_factory=DialogueSettings)
+    global_state: GlobalStateSettings = Field(default_factory=GlobalStateSettings)
+    subjectivity: SubjectivitySettings = Field(default_factory=SubjectivitySettings)
+    failure: FailureSettings = Field(default_factory=FailureSettings)
 
 
 class RelationshipSettings(BaseModel):

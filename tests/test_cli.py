@@ -37,3 +37,24 @@ async def test_verify_and_rebuild_an_existing_database(
     assert "verify ok" in capsys.readouterr().out
     assert main(["rebuild", "--quiet"]) == 0
     assert "rebuilt projections from" in capsys.readouterr().out
+
+
+def test_bench_control_plane_exits_1_with_a_readable_diff(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cases = tmp_path / "cases.toml"
+    case = (
+        '[[case]]\nname = "hi"\nturns = ["Hey, good morning! How are you?"]\n'
+        '[[case.expect]]\npath = "{p}"\neq = "{v}"\n'
+    )
+    cases.write_text(case.format(p="dialogue_state", v="S1_CASUAL"), encoding="utf-8")
+
+    assert main(["bench", "control-plane", "--cases", str(cases), "--write-baseline"]) == 0
+    assert (tmp_path / "baseline.json").is_file()
+    assert main(["bench", "control-plane", "--cases", str(cases)]) == 0
+    assert "PASSED: 1/1 cases" in capsys.readouterr().out
+
+    cases.write_text(case.format(p="dialogue_state", v="S6_SAFETY"), encoding="utf-8")
+    assert main(["bench", "control-plane", "--cases", str(cases)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL hi" in out and 'expected eq "S6_SAFETY", got "S1_CASUAL"' in out

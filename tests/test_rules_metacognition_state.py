@@ -7,8 +7,13 @@ import itertools
 import pytest
 from helpers import engine_with, no_room, run_turn
 
-from persona.config import DialogueSettings
-from persona.events import ChatState
+from persona.config import (
+    DialogueSettings,
+    FailureSettings,
+    GlobalStateSettings,
+    SubjectivitySettings,
+)
+from persona.events import Budget, ChatState, Telemetry
 from persona.events.state import DIALOGUE_STATES
 from persona.llm.base import GenOptions
 from persona.pipeline.dialogue import (
@@ -19,7 +24,21 @@ from persona.pipeline.dialogue import (
     is_careful,
     next_state,
 )
+from persona.pipeline.layout import PromptParts, layout
+from persona.pipeline.metacognition import (
+    GLOBAL_STATES,
+    SUBJECTIVITY_MODES,
+    decide_failure,
+    decide_global,
+    decide_subjectivity,
+    message_share,
+    refers_back,
+    subjectivity_score,
+)
+from persona.pipeline.prompts import PromptSet
+from persona.pipeline.state import degenerate_after, smooth_telemetry
 from persona.storage import queries
+from persona.storage.queries import PersonaRow
 
 # ---- telemetry ---------------------------------------------------------------------
 
@@ -354,3 +373,279 @@ async def test_the_intent_mix_is_smoothed_half_and_half(engine):
 
 def test_careful_starts_at_the_reward_threshold():
     assert is_careful(-0.2, D) and not is_careful(-0.1999, D)
+
+
+# ---- global state, subjectivity mode, failure detection ---------------------------------
+#
+# The deciders are pure: these tests feed them parent snapshots and signals directly, each
+# threshold on its edge (move it and the test goes red).
+
+G, SUB, F = GlobalStateSettings(), SubjectivitySettings(), FailureSettings()
+
+
+def tel(c=0.5, n=0.5, m=0.5, s=1.0, r=0.5) -> Telemetry:
+    return Telemetry(C=c, N=n, M=m, S=s, R=r)
+
+
+def glob(parent, dialogue_state="S0_NEUTRAL", share=0.0, squeezed=False, coherence=0.5, s=G):
+    return decide_global(parent, dialogue_state, share, squeezed, coherence, s).state
+
+
+def in_global(state: str, dwell: int = 5, turns: int = 5, **more) -> ChatState:
+    return ChatState(turns=turns, global_state=state, global_dwell=dwell, **more)
+
+
+def test_the_global_state_and_mode_names():
+    assert set(GLOBAL_STATES) == {"NORMAL", "OVERLOADED", "REFLECTIVE", "SAFETY_LOCK", "SILENT"}
+    assert SUBJECTIVITY_MODES == ("S0_REACTIVE", "S1_REFLECTIVE", "S2_AUTONOMOUS", "S3_SAFE")
+
+
+def test_safety_lock_holds_exactly_while_s6_holds():
+    assert glob(in_global("NORMAL"), "S6_SAFETY") == "SAFETY_LOCK"
+    # It wins over an overload, and leaves the turn S6 ends (S6 has its own hold).
+    assert glob(in_global("OVERLOADED", dwell=1), "S6_SAFETY", share=0.9) == "SAFETY_LOCK"
+    left = decide_global(in_global("SAFETY_LOCK"), "S2_TASK", 0.0, False, 0.5, G)
+    assert left.state == "NORMAL" and left.reasons[0].startswith("left SAFETY_LOCK")
+
+
+def test_silent_comes_only_from_the_operator_field():
+    assert glob(in_global("NORMAL", operator_state="SILENT"), "S6_SAFETY") == "SILENT"
+    assert glob(in_global("NORMAL"), "S4_META", share=1.0) != "SILENT"
+
+
+def test_overloaded_enters_at_the_message_share_and_leaves_below_its_exit():
+    assert glob(in_global("NORMAL"), share=0.5) == "OVERLOADED"
+    assert glob(in_global("NORMAL"), share=0.5 - 0.0001) == "NORMAL"
+    # Once in, it holds down to the exit threshold (hysteresis), then lets go.
+    assert glob(in_global("OVERLOADED"), share=0.3) == "OVERLOADED"
+    assert glob(in_global("OVERLOADED"), share=0.3 - 0.0001) == "NORMAL"
+
+
+def test_overloaded_holds_its_minimum_dwell():
+    assert glob(in_global("OVERLOADED", dwell=2 - 1)) == "OVERLOADED"
+    assert glob(in_global("OVERLOADED", dwell=2)) == "NORMAL"
+
+
+def test_overloaded_when_no_relevant_memory_fits():
+    assert glob(in_global("NORMAL"), squeezed=True) == "OVERLOADED"
+
+
+def test_message_share_is_the_message_over_the_prompt_room():
+    budget = Budget(context=1000, reply=200, message=400, available=0)
+    assert message_share(budget) == 0.5
+
+
+def test_reflective_on_the_meta_state_or_low_coherence_and_its_exit():
+    assert glob(in_global("NORMAL"), "S4_META") == "REFLECTIVE"
+    assert glob(in_global("NORMAL"), coherence=0.1 - 0.0001) == "REFLECTIVE"
+    assert glob(in_global("NORMAL"), coherence=0.1) == "NORMAL"
+    # Not before a few turns: a new chat has nothing to cohere with.
+    young = in_global("NORMAL", turns=3 - 1)
+    assert glob(young, coherence=0.0) == "NORMAL"
+    assert glob(in_global("REFLECTIVE"), coherence=0.2 - 0.0001) == "REFLECTIVE"
+    out = decide_global(in_global("REFLECTIVE"), "S2_TASK", 0.0, False, 0.2, G)
+    assert out.state == "NORMAL" and out.reasons[0].startswith("left REFLECTIVE")
+    assert glob(in_global("REFLECTIVE", dwell=2 - 1), coherence=1.0) == "REFLECTIVE"
+
+
+def test_overload_takes_precedence_over_reflection():
+    assert glob(in_global("REFLECTIVE", dwell=1), "S4_META", share=0.9) == "OVERLOADED"
+
+
+def test_the_global_dwell_counts_turns_in_the_state():
+    assert decide_global(in_global("NORMAL", dwell=4), "S0_NEUTRAL", 0, False, 0.5, G).dwell == 5
+    assert decide_global(in_global("NORMAL", dwell=4), "S4_META", 0, False, 0.5, G).dwell == 1
+
+
+def test_the_subjectivity_score_weights():
+    assert subjectivity_score(tel(c=1, n=1, m=0, s=0, r=0), SUB) == 0.35
+    assert subjectivity_score(tel(c=0, n=0, m=1, s=0, r=0), SUB) == 0.25
+    assert subjectivity_score(tel(c=0, n=0, m=0, s=1, r=0), SUB) == 0.2
+    assert subjectivity_score(tel(c=0, n=0, m=0, s=0, r=1), SUB) == 0.2
+
+
+def mode(parent: ChatState, t: Telemetry, global_state="NORMAL", level=0):
+    return decide_subjectivity(parent, t, global_state, level, SUB)
+
+
+def in_mode(name: str, score: float, dwell: int = 5) -> ChatState:
+    return ChatState(
+        turns=5, subjectivity_mode=name, subjectivity_dwell=dwell, subjectivity_score=score
+    )
+
+
+def flat(score: float) -> Telemetry:
+    """Telemetry whose weighted score is `score` (every signal equal)."""
+    return tel(c=score, n=score, m=score, s=score, r=score)
+
+
+def test_the_mode_score_is_smoothed_half_and_half():
+    d = mode(in_mode("S1_REFLECTIVE", 0.5), flat(0.7))
+    assert d.score == 0.7 and d.smoothed == 0.6
+
+
+def test_modes_go_up_at_their_bands_and_down_only_past_the_hysteresis():
+    assert mode(ChatState(), flat(0.45)).mode == "S1_REFLECTIVE"
+    assert mode(ChatState(), flat(0.45 - 0.001)).mode == "S0_REACTIVE"
+    assert mode(ChatState(), flat(0.65)).mode == "S2_AUTONOMOUS"
+    low = 0.65 - 0.05
+    assert mode(in_mode("S2_AUTONOMOUS", low), flat(low)).mode == "S2_AUTONOMOUS"
+    assert mode(in_mode("S2_AUTONOMOUS", low - 0.002), flat(low - 0.002)).mode == "S1_REFLECTIVE"
+    low = 0.45 - 0.05
+    assert mode(in_mode("S1_REFLECTIVE", low), flat(low)).mode == "S1_REFLECTIVE"
+    assert mode(in_mode("S1_REFLECTIVE", low - 0.002), flat(low - 0.002)).mode == "S0_REACTIVE"
+
+
+def test_s3_safe_enters_on_a_low_score_a_lock_or_collapse_and_has_an_exit():
+    assert mode(ChatState(), flat(0.2 - 0.001)).mode == "S3_SAFE"
+    assert mode(ChatState(), flat(0.2)).mode == "S0_REACTIVE"
+    assert mode(ChatState(), flat(0.9), global_state="SAFETY_LOCK").mode == "S3_SAFE"
+    assert mode(ChatState(), flat(0.9), level=4).mode == "S3_SAFE"
+    assert mode(ChatState(), flat(0.9), level=3).mode == "S2_AUTONOMOUS"
+    # The exit: after its dwell, once the smoothed score is back at safe_exit.
+    assert mode(in_mode("S3_SAFE", 0.9, dwell=2 - 1), flat(0.9)).mode == "S3_SAFE"
+    below = 0.3 - 0.002
+    assert mode(in_mode("S3_SAFE", below), flat(below)).mode == "S3_SAFE"
+    out = mode(in_mode("S3_SAFE", 0.3), flat(0.3))
+    assert out.mode == "S0_REACTIVE" and out.reasons[0].startswith("left S3_SAFE")
+
+
+def fail(parent, t=None, smoothed=None, missing=False, s=F):
+    t = t or tel()
+    return decide_failure(parent, t, smoothed or t, missing, s)
+
+
+LOST = tel(c=0.1, m=0.1)
+
+
+def test_a_lost_turn_needs_low_coherence_and_low_memory_after_the_first_turn():
+    assert fail(ChatState(turns=1), LOST).lost_streak == 1
+    assert fail(ChatState(turns=0), LOST).lost_streak == 0
+    assert fail(ChatState(turns=1, lost_streak=2), LOST).lost_streak == 3
+    assert fail(ChatState(turns=1, lost_streak=2), tel(c=0.15, m=0)).lost_streak == 0
+    assert fail(ChatState(turns=1, lost_streak=2), tel(c=0, m=0.2)).lost_streak == 0
+
+
+def test_health_and_the_collapse_levels():
+    fine = fail(ChatState(turns=1), tel())
+    assert (fine.health, fine.level, fine.recovery, fine.disclose) == (1.0, 0, None, False)
+    # A full lost run costs 0.4: level 2, no recovery yet.
+    lost = fail(ChatState(turns=5, lost_streak=3 - 1), LOST)
+    assert (lost.health, lost.level, lost.recovery) == (0.6, 2, None)
+    # ... with one degenerate reply (half a run, 0.2): level 3, auto-recovery to S4_META.
+    worse = fail(ChatState(turns=5, lost_streak=3 - 1, degenerate_streak=1), LOST)
+    assert (worse.collapse_risk, worse.level, worse.recovery) == (0.6, 3, "S4_META")
+    both = fail(ChatState(turns=5, lost_streak=9, degenerate_streak=2), LOST)
+    assert (both.health, both.level) == (0.2, 4)
+    # The safety margin counts for a fifth.
+    assert fail(ChatState(turns=1), tel(s=0.0)).collapse_risk == 0.2
+
+
+def test_disclosure_on_low_health_or_a_reference_to_missing_memory():
+    parent = ChatState(turns=5, lost_streak=3 - 1)
+    edge = fail(parent, LOST, tel(s=0.5))  # 1 - 0.4 - 0.2 * 0.5
+    assert edge.health == 0.5 == 0.5 and not edge.disclose
+    assert fail(parent, LOST, tel(s=0.45)).disclose
+    worse = fail(ChatState(turns=5, lost_streak=3 - 1, degenerate_streak=1), LOST)
+    assert worse.health < 0.5 and worse.disclose
+    assert fail(ChatState(turns=1), missing=True).disclose
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Do you remember my dog?",
+        "Like I said last time",
+        "この前の話、楽しかった",
+        "覚えてる？",
+        "前回の続き",
+    ],
+)
+def test_a_message_that_refers_back(message):
+    assert refers_back(message)
+
+
+@pytest.mark.parametrize("message", ["What is the capital of France?", "今日は晴れです"])
+def test_a_message_that_does_not_refer_back(message):
+    assert not refers_back(message)
+
+
+def test_auto_recovery_forces_meta_but_not_over_safety():
+    state, _, reasons = next_state(at("S2_TASK"), TASK, TASK, 0.0, False, False, D, True)
+    assert state == "S4_META" and reasons[0].startswith("auto-recovery")
+    assert next_state(at("S2_TASK"), TASK, TASK, 0.9, True, False, D, True)[0] == "S6_SAFETY"
+    assert (
+        next_state(at("S6_SAFETY", safety_hold=2), TASK, TASK, 0.0, False, False, D, True)[0]
+        == "S6_SAFETY"
+    )
+
+
+def test_telemetry_is_smoothed_half_and_half_per_chat():
+    assert smooth_telemetry({}, tel(c=0.8), 0.5) == tel(c=0.8)
+    prev = tel(c=0.2, n=0.0, m=0.0, s=1.0, r=0.5).model_dump()
+    assert smooth_telemetry(prev, tel(c=0.8, n=1.0), 0.5) == tel(c=0.5, n=0.5, m=0.25)
+
+
+def test_degenerate_replies_count_in_a_run_and_a_clean_one_ends_it():
+    assert degenerate_after(0, ["loop"]) == 1
+    assert degenerate_after(1, ["repeat", "label"]) == 2
+    assert degenerate_after(1, ["cut"]) == 2
+    assert degenerate_after(2, ["label"]) == 0
+
+
+def test_gating_reserves_room_for_the_disclosure_line():
+    # Gating and the message-room check size the note with the parts' defaults: the
+    # disclosure line is in it, so a turn that needs it still fits.
+    persona = PersonaRow("p", "Mira", "", "", {}, "", "", 0)
+    note = layout(PromptParts(persona=persona, message="hi"), PromptSet.load(), True)[1]
+    assert "never invent them." in note.content
+
+
+async def test_a_question_about_the_past_without_memory_gets_the_disclosure_line(engine, backend):
+    meta = (await run_turn(engine, "Do you remember what I told you about my dog?"))["meta"]
+    assert meta["failure"]["memory_missing"] and meta["failure"]["disclose"]
+    assert "never invent them." in backend.calls[-1][-2].content
+    await run_turn(engine, "What is the capital of France?")
+    assert "never invent them." not in backend.calls[-1][-2].content
+
+
+async def test_meta_shows_raw_and_smoothed_telemetry_and_the_new_states(engine):
+    first = (await run_turn(engine, "I love sailing small boats"))["meta"]
+    assert first["telemetry_smoothed"] == first["telemetry"]
+    meta = (await run_turn(engine, "(( I love sailing small boats ))"))["meta"]
+    v1 = meta["meta_v1"]
+    assert v1["global_state"] == "REFLECTIVE" == meta["global_transition"]["state"]
+    assert v1["subjectivity_mode"] == meta["subjectivity"]["mode"]
+    assert v1["identity_health"] == meta["failure"]["health"]
+    assert v1["collapse_level"] == meta["failure"]["level"]
+    raw, before = meta["telemetry"], first["telemetry"]
+    assert (raw["C"], before["C"]) == (1.0, 0.0)  # the words were said before
+    assert meta["telemetry_smoothed"] == {k: round(0.5 * raw[k] + 0.5 * before[k], 4) for k in raw}
+    assert meta["state"]["global_state"] == "REFLECTIVE" and meta["state"]["global_dwell"] == 1
+
+
+async def test_after_a_crisis_the_lock_and_the_safe_mode_both_end(engine):
+    metas = [(await run_turn(engine, "I want to end my life"))["meta"]]
+    for _ in range(3 + 2):
+        metas.append((await run_turn(engine, "What is the capital of France?"))["meta"])
+    glob_states = [m["global_state"] for m in metas]
+    modes = [m["subjectivity_mode"] for m in metas]
+    assert glob_states == ["SAFETY_LOCK"] * (3 + 1) + ["NORMAL"] * 2
+    assert modes[: 3 + 1] == ["S3_SAFE"] * (3 + 1)
+    assert modes[-1] != "S3_SAFE", modes
+
+
+async def test_degenerate_replies_in_a_row_raise_the_collapse_risk_end_to_end(engine, backend):
+    # A reply the check flags as a loop, three times running: the chat state counts the
+    # run and the next turns' failure detection reads it.
+    loop = "I am here. " * 12
+    backend.enqueue(loop, loop, loop, "Fine.")
+    levels, streaks = [], []
+    for message in ("hello", "hello again", "still there?", "ok"):
+        result = await run_turn(engine, message, chat_id="loops")
+        levels.append(result["meta"]["meta_v1"]["collapse_level"])
+        state = await engine.store.read(queries.chat_state, result["turn_id"])
+        streaks.append(state.degenerate_streak)
+    assert streaks == [1, 2, 3, 0]  # a whole reply ends the run
+    # Read from the parent's state: the second turn sees one, the third two (the cap).
+    assert levels[0] == 0 and levels[2] > levels[1] > levels[0]

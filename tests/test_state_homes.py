@@ -337,3 +337,46 @@ async def test_an_old_crisis_snapshot_continues_in_safety(settings, clock):
         await engine.stop()
     assert meta["parent_turn_id"] == "a" and meta["dialogue"]["previous"] == "S6_SAFETY"
     assert meta["dialogue_state"] == "S6_SAFETY" and meta["state"]["safety_hold"] == 2
+
+
+# ---- global state, telemetry EMA, subjectivity and failure state ----------------------
+
+
+async def test_the_control_state_survives_restart_rebuild_and_verify(settings, clock, tmp_path):
+    first = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await first.start()
+    try:
+        await run_turn(first, "I love sailing small boats")
+        before = (await run_turn(first, "(( I love sailing small boats ))"))["meta"]
+    finally:
+        await first.stop()
+    assert before["global_state"] == "REFLECTIVE" and before["state"]["global_dwell"] == 1
+    conn = connect(settings.db_path)
+    try:
+        digests = projection_digests(conn)
+        rebuild(conn)
+        assert projection_digests(conn) == digests
+    finally:
+        conn.close()
+    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
+    assert live == replayed
+    second = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await second.start()
+    try:
+        after = (await run_turn(second, "What is the capital of France?"))["meta"]
+        last = (await run_turn(second, "What is the capital of France?"))["meta"]
+    finally:
+        await second.stop()
+    # REFLECTIVE holds its minimum dwell across the restart, then lets go.
+    assert after["global_transition"]["previous"] == "REFLECTIVE"
+    assert (after["global_state"], after["state"]["global_dwell"]) == ("REFLECTIVE", 2)
+    assert last["global_state"] == "NORMAL"
+    # The moving averages continue from the parent's snapshot, not from scratch.
+    raw, carried = after["telemetry"], before["state"]["telemetry"]
+    assert raw["C"] != carried["C"]
+    assert after["telemetry_smoothed"] == {
+        k: round(0.5 * raw[k] + 0.5 * carried[k], 4) for k in raw
+    }
+    score, prev = after["subjectivity"]["score"], before["state"]["subjectivity_score"]
+    assert after["subjectivity"]["smoothed"] == round(0.5 * score + 0.5 * prev, 4)
+    assert after["subjectivity"]["previous"] == before["subjectivity_mode"]

@@ -77,6 +77,11 @@ class TurnStarted(EventPayload):
     metadata: dict[str, Any] | None = Field(
         default=None, description="the client's own JSON object, stored as sent"
     )
+    inputs_hash: str = Field(
+        default="",
+        description="sha256 of the turn's exact inputs: message, parent state, persona,"
+        " config_hash, gen ('' before it was recorded)",
+    )
 
 
 class PromptMessage(Model):

@@ -166,7 +166,11 @@ class Workspace(EventPayload):
 
 
 class Telemetry(Model):
-    """C coherence, N novelty, M memory support, S safety margin, R reward (each 0..1)."""
+    """C coherence, N novelty, M memory support, S safety margin, R reward (each 0..1).
+
+    The issue's letters read N as narrativity and S as self-modeling; the measured signals
+    are novelty and the safety margin (docs/control-plane.md says why).
+    """
 
     C: float
     N: float
@@ -210,6 +214,41 @@ class RewardJudgement(Model):
     avg: float = Field(description="the reward average after this turn")
 
 
+class GlobalStateDecision(Model):
+    """The global state of the turn (NORMAL, OVERLOADED, REFLECTIVE, SAFETY_LOCK, SILENT)."""
+
+    state: str
+    previous: str | None
+    dwell: int = Field(ge=1, description="consecutive turns in `state`, this one included")
+    message_share: float = Field(description="the message's share of the prompt room")
+    reasons: list[str]
+
+
+class SubjectivityDecision(Model):
+    """The subjectivity mode (S0_REACTIVE, S1_REFLECTIVE, S2_AUTONOMOUS, S3_SAFE)."""
+
+    mode: str
+    previous: str | None
+    dwell: int = Field(ge=1, description="consecutive turns in `mode`, this one included")
+    score: float = Field(description="this turn's weighted telemetry score, 0..1")
+    smoothed: float = Field(description="the score's moving average over the chat")
+    reasons: list[str]
+
+
+class FailureDecision(Model):
+    """Failure detection: identity health, collapse level, recovery and disclosure."""
+
+    health: float = Field(ge=0.0, le=1.0, description="identity health, 1 = intact")
+    collapse_risk: float = Field(ge=0.0, le=1.0, description="1 - health")
+    level: int = Field(ge=0, le=4, description="collapse level, 0 (none) .. 4")
+    lost_streak: int = Field(ge=0, description="turns running with low coherence and memory")
+    degenerate_streak: int = Field(ge=0, description="degenerate replies running before this")
+    recovery: str | None = Field(description="the dialogue state auto-recovery forced")
+    memory_missing: bool = Field(description="the message refers back and no memory got in")
+    disclose: bool = Field(description="the speaker is told to disclose uncertainty")
+    reasons: list[str]
+
+
 def _metacognition_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
     # Names before the state machine ("smalltalk", "crisis") read as the states they meant.
     return {**p, "dialogue_state": canonical_state(p.get("dialogue_state")) or "S0_NEUTRAL"}
@@ -226,6 +265,11 @@ class Metacognition(EventPayload):
     dialogue_state: str
     dialogue: DialogueDecision | None = None
     reward: RewardJudgement | None = None
+    # Absent (None) in events recorded before the global state and failure detection.
+    telemetry_smoothed: Telemetry | None = None
+    global_state: GlobalStateDecision | None = None
+    subjectivity: SubjectivityDecision | None = None
+    failure: FailureDecision | None = None
 
 
 class ClassifierFailed(EventPayload):

@@ -72,6 +72,26 @@ class ChatState(Model):
     safety_hold: int = Field(
         default=0, ge=0, description="turns S6_SAFETY still holds after the last override"
     )
+    telemetry: dict[str, float] = Field(
+        default_factory=dict, description="smoothed telemetry C, N, M, S, R (EMA per chat)"
+    )
+    global_state: str | None = Field(default=None, description="None before the first turn")
+    global_dwell: int = Field(default=0, ge=0, description="consecutive turns in global_state")
+    operator_state: str | None = Field(
+        default=None,
+        description="a global state only an operator may set (SILENT); nothing sets it yet",
+    )
+    subjectivity_mode: str | None = Field(default=None, description="None before the first turn")
+    subjectivity_dwell: int = Field(default=0, ge=0, description="consecutive turns in the mode")
+    subjectivity_score: float | None = Field(
+        default=None, description="moving average of the subjectivity score"
+    )
+    lost_streak: int = Field(
+        default=0, ge=0, description="turns running with low coherence and low memory"
+    )
+    degenerate_streak: int = Field(
+        default=0, ge=0, description="replies running that the reply check flagged degenerate"
+    )
 
     @model_validator(mode="before")
     @classmethod

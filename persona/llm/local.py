@@ -4,6 +4,7 @@ default, or any GGUF file named by `llm.local_model_path` (`PERSONA_LOCAL_MODEL_
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import os
 import threading
@@ -77,6 +78,18 @@ class _Shared:
 
 _cache: dict[tuple[str, int, int | None], _Shared] = {}
 _cache_lock = threading.Lock()
+
+
+def close_models() -> None:
+    """Free every loaded model now (at exit: before the interpreter tears down the modules
+    llama.cpp's finalizers need, which otherwise print an ignored TypeError)."""
+    with _cache_lock:
+        for shared in _cache.values():
+            shared.llm.close()
+        _cache.clear()
+
+
+atexit.register(close_models)
 
 
 def _chat_formatter(llm: Llama) -> Callable[[list[dict[str, str]]], str] | None:

@@ -5,6 +5,8 @@ docs/control-plane.md):
   1. A safety override forces S6_SAFETY and (re)starts its hold.
   2. In S6_SAFETY the state holds while the hold lasts or the risk is at or above
      `safety_exit_risk`; nothing else (not even a dominant message) leaves it sooner.
+  2b. Auto-recovery (failure detection's collapse level at `recovery_level`) forces
+     S4_META: plain, brief talk about the conversation until it recovers.
   3. An out-of-character message enters S4_META at once.
   4. A dominant message (raw state score >= `dominant`, ahead of the next state by
      `dominant_margin`) enters its state at once, even on the first turn or inside the
@@ -95,6 +97,7 @@ def next_state(
     override: bool,
     ooc: bool,
     s: DialogueSettings,
+    recover: bool = False,
 ) -> tuple[str, int, list[str]]:
     """This turn's state, the S6 hold it leaves, and the reasons, from the parent's state."""
     current = canonical_state(parent.dialogue_state) or NEUTRAL
@@ -113,6 +116,8 @@ def next_state(
         if score >= s.enter:
             return best, 0, [left, f"entered {best}: smoothed {score:.2f} >= enter {s.enter}"]
         return NEUTRAL, 0, [left, f"no state's smoothed score reaches enter {s.enter}"]
+    if recover:
+        return META, 0, ["auto-recovery: failure detection forces S4_META"]
     if ooc:
         if current == META:
             return META, 0, ["out-of-character message: staying in S4_META"]
@@ -196,9 +201,12 @@ def decide(
     explicit: frozenset[str],
     careful: bool,
     s: DialogueSettings,
+    recover: bool = False,
 ) -> DialogueDecision:
     """The whole dialogue decision of a turn (a pure function of its arguments)."""
-    state, hold, reasons = next_state(parent, raw_intent, smoothed_intent, risk, override, ooc, s)
+    state, hold, reasons = next_state(
+        parent, raw_intent, smoothed_intent, risk, override, ooc, s, recover
+    )
     previous = canonical_state(parent.dialogue_state)
     stayed = state == (previous or NEUTRAL) and parent.dialogue_state is not None
     return DialogueDecision(

@@ -35,6 +35,9 @@ class PromptParts:
     safety_override: bool = False
     ooc: bool = False
     dialogue_state: str = LONGEST_STATE
+    # The continuity disclosure line: on by default so gating reserves room for it before
+    # metacognition decides (the speaker sets the decided value).
+    disclose: bool = True
 
     def with_(self, history: Sequence[PathTurn] = (), memories: Sequence[str] = ()) -> PromptParts:
         """The same parts with other history and memories."""
@@ -63,6 +66,7 @@ def layout(parts: PromptParts, prompts: PromptSet, late_system_ok: bool) -> list
         safety_override=parts.safety_override,
         ooc=parts.ooc,
         dialogue_state=parts.dialogue_state,
+        disclose=parts.disclose,
     )
     messages = [ChatMessage(role="system", content=identity)]
     for h in parts.history:

@@ -29,7 +29,14 @@ from persona.events import (
     TurnStarted,
     Workspace,
 )
-from persona.events.decisions import Appraisal, DialogueDecision, RewardJudgement
+from persona.events.decisions import (
+    Appraisal,
+    DialogueDecision,
+    FailureDecision,
+    GlobalStateDecision,
+    RewardJudgement,
+    SubjectivityDecision,
+)
 from persona.storage.eventlog import Event
 
 META_VERSION = 2
@@ -123,6 +130,16 @@ class MetaV1(_Meta):
     engine_version: str
     build_sha: str
     config_hash: str
+    # None in turns recorded before the global state and failure detection.
+    telemetry_smoothed: Telemetry | None = Field(default=None, description="EMA per chat")
+    global_state: str | None = Field(
+        default=None, description="NORMAL, OVERLOADED, REFLECTIVE, SAFETY_LOCK or SILENT"
+    )
+    subjectivity_mode: str | None = Field(
+        default=None, description="S0_REACTIVE, S1_REFLECTIVE, S2_AUTONOMOUS or S3_SAFE"
+    )
+    identity_health: float | None = Field(default=None, description="0..1, 1 = intact")
+    collapse_level: int | None = Field(default=None, description="0 (none) .. 4")
 
 
 class Meta(MetaV1):
@@ -145,6 +162,15 @@ class Meta(MetaV1):
     )
     reward: RewardJudgement | None = Field(
         default=None, description="whether the reward_signal was applied, and why"
+    )
+    global_transition: GlobalStateDecision | None = Field(
+        default=None, description="the global state's step: previous, dwell, reasons"
+    )
+    subjectivity: SubjectivityDecision | None = Field(
+        default=None, description="the subjectivity mode's step: score, smoothed, reasons"
+    )
+    failure: FailureDecision | None = Field(
+        default=None, description="identity health, collapse level, recovery, disclosure"
     )
     reply_flags: list[str] = Field(
         default_factory=list,
@@ -261,6 +287,11 @@ def build_meta(events: Sequence[Event]) -> Meta:
         engine_version=started.engine_version,
         build_sha=started.build_sha,
         config_hash=started.config_hash,
+        telemetry_smoothed=metacog.telemetry_smoothed,
+        global_state=metacog.global_state.state if metacog.global_state else None,
+        subjectivity_mode=metacog.subjectivity.mode if metacog.subjectivity else None,
+        identity_health=metacog.failure.health if metacog.failure else None,
+        collapse_level=metacog.failure.level if metacog.failure else None,
     )
     return Meta(
         **v1.model_dump(),
@@ -288,6 +319,9 @@ def build_meta(events: Sequence[Event]) -> Meta:
         state=state.state if state else ChatState(),
         dialogue=metacog.dialogue,
         reward=metacog.reward,
+        global_transition=metacog.global_state,
+        subjectivity=metacog.subjectivity,
+        failure=metacog.failure,
         reply_flags=reply.flags,
         meta_v1=v1,
     )

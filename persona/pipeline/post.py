@@ -132,6 +132,8 @@ class StateStep:
             ctx.need(Metacognition),
             ctx.request.reward_signal,
             env.settings.metacognition.reward_ema,
+            # Degenerate replies in a row feed failure detection.
+            reply_flags=reply.flags if (reply := ctx.get(ReplyCompleted)) else (),
         )
         return [
             Emit(ChatStateRecorded(turn_id=ctx.turn_id, chat_id=ctx.request.chat_id, state=state))

@@ -36,6 +36,11 @@ def state_line(metacog: Metacognition) -> str:
     return prompt_state(metacog.dialogue) if metacog.dialogue else metacog.dialogue_state
 
 
+def disclose(metacog: Metacognition) -> bool:
+    """Whether failure detection asked the speaker to disclose uncertainty about the past."""
+    return metacog.failure.disclose if metacog.failure else False
+
+
 def turn_gen(ctx: TurnContext) -> GenOptions:
     """The request's options with what the dialogue state applied (request values won)."""
     metacog = ctx.get(Metacognition)
@@ -60,6 +65,7 @@ def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
         safety_override=perception.safety.override,
         ooc=perception.ooc,
         dialogue_state=state_line(ctx.need(Metacognition)),
+        disclose=disclose(ctx.need(Metacognition)),
     )
     # Lowest priority first: the candidates are listed best first.
     order = [c.id for c in reversed(workspace.candidates) if c.selected]

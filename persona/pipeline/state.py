@@ -7,7 +7,10 @@ the state that held after it.
 
 from __future__ import annotations
 
-from persona.events import ChatState, Metacognition, Perception, Workspace
+from collections.abc import Sequence
+
+from persona.events import ChatState, Metacognition, Perception, Telemetry, Workspace
+from persona.pipeline.reply_check import DEGENERATE
 
 # Weight of the newest turn in the smoothed intent distribution.
 INTENT_SMOOTHING = 0.5
@@ -41,6 +44,21 @@ def smooth_intents(previous: dict[str, float], current: dict[str, float]) -> dic
     return {k: round(a * current.get(k, 0.0) + (1 - a) * previous.get(k, 0.0), 6) for k in keys}
 
 
+def smooth_telemetry(previous: dict[str, float], current: Telemetry, rate: float) -> Telemetry:
+    """Blend this turn's telemetry into the chat's running one (first turn: as is)."""
+    now = current.model_dump()
+    if not previous:
+        return current
+    return Telemetry(
+        **{k: round(rate * v + (1 - rate) * previous.get(k, v), 4) for k, v in now.items()}
+    )
+
+
+def degenerate_after(previous: int, reply_flags: Sequence[str]) -> int:
+    """Degenerate replies running, this one included (0 once a reply comes out clean)."""
+    return previous + 1 if DEGENERATE.intersection(reply_flags) else 0
+
+
 def smoothed_intent(parent: ChatState, perception: Perception) -> dict[str, float]:
     """This turn's smoothed intents: perception's own (blended from the parent's here
     only for a decision recorded without them)."""
@@ -56,9 +74,20 @@ def step(
     metacognition: Metacognition,
     reward_signal: float,
     reward_rate: float,
+    reply_flags: Sequence[str] = (),
 ) -> ChatState:
-    """The state after a completed turn, from its parent's state and its decisions."""
+    """The state after a completed turn, from its parent's state and its decisions.
+
+    `reply_flags` are the reply check's flags of this turn's reply: degenerate ones
+    (loop, cut, repeat: `reply_check.DEGENERATE`) lengthen the run failure detection reads.
+    """
     dialogue = metacognition.dialogue
+    glob, mode, failure = (
+        metacognition.global_state,
+        metacognition.subjectivity,
+        metacognition.failure,
+    )
+    smoothed = metacognition.telemetry_smoothed
     state = metacognition.dialogue_state
     same = state == previous.dialogue_state
     return ChatState(
@@ -70,4 +99,13 @@ def step(
         workspace=tuple(workspace.selected_memories),
         left_state=dialogue.left_state if dialogue else None,
         safety_hold=dialogue.safety_hold if dialogue else 0,
+        telemetry=(smoothed or metacognition.telemetry).model_dump(),
+        global_state=glob.state if glob else None,
+        global_dwell=glob.dwell if glob else 0,
+        operator_state=previous.operator_state,
+        subjectivity_mode=mode.mode if mode else None,
+        subjectivity_dwell=mode.dwell if mode else 0,
+        subjectivity_score=mode.smoothed if mode else None,
+        lost_streak=failure.lost_streak if failure else 0,
+        degenerate_streak=degenerate_after(previous.degenerate_streak, reply_flags),
     )

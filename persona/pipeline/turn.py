@@ -6,6 +6,9 @@ Only this module (and recovery) appends events for a turn; stages get a read-onl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -13,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+from persona.clock import parse_iso
 from persona.controls import strip_controls
 from persona.errors import PersonaNotFound, TurnFailed
 from persona.events import (
@@ -90,6 +94,33 @@ class _WriterView:
 
     def edge_weight(self, src: str, rel: str, dst: str) -> float | None:
         return self._tx.read(queries.edge_weight, src, rel, dst)
+
+
+def inputs_hash(
+    message: str,
+    parent_state: ChatState,
+    persona: queries.PersonaRow,
+    config_hash: str,
+    gen: Generation,
+) -> str:
+    """sha256 of the canonical JSON of a turn's exact inputs (recorded on turn.started).
+
+    The same inputs give the same hash; `persona verify --replay` recomputes it to show
+    it replays a turn from the very inputs it ran with.
+    """
+    canonical = json.dumps(
+        {
+            "message": message,
+            "parent_state": parent_state.model_dump(mode="json"),
+            "persona": dataclasses.asdict(persona),
+            "config_hash": config_hash,
+            "gen": gen.model_dump(mode="json"),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -194,6 +225,9 @@ class Turn:
                     "runner",
                 )
             )
+        # What the request asked for, its stop sequences included (the dialogue state
+        # may lower temperature and max_tokens: metacognition records what was sent).
+        gen = Generation(**reply_options(request.gen, persona.name).model_dump(mode="json"))
         started = TurnStarted(
             turn_id=self.turn_id,
             chat_id=request.chat_id,
@@ -203,9 +237,7 @@ class Turn:
             depth=depth,
             message=request.message,
             reward_signal=request.reward_signal,
-            # What the request asked for, its stop sequences included (the dialogue state
-            # may lower temperature and max_tokens: metacognition records what was sent).
-            gen=Generation(**reply_options(request.gen, persona.name).model_dump(mode="json")),
+            gen=gen,
             gen_explicit=sorted(request.gen_explicit),
             metadata=request.metadata,
             backend=self.identity.backend,
@@ -213,6 +245,9 @@ class Turn:
             config_hash=self.identity.config_hash,
             engine_version=self.identity.engine_version,
             build_sha=self.identity.build_sha,
+            inputs_hash=inputs_hash(
+                request.message, ctx.parent_state, persona, self.identity.config_hash, gen
+            ),
         )
         new.append(self._event(started, "runner", latency_ms=_ms(t0)))
         t_write = time.perf_counter()
@@ -220,6 +255,9 @@ class Turn:
         self.writes_ms += _ms(t_write)
         self._started = stored[-1]
         self.events.append(stored[-1])
+        # The turn's time is the one its turn.started records: a replay reads it back, so
+        # time-dependent decisions (memory recency) replay exactly.
+        ctx.now = parse_iso(stored[-1].wall_time)
         return ctx
 
     async def run_stages(self, ctx: TurnContext) -> None:

@@ -1,0 +1,1 @@
+"""Benches that ship with the package (so an installed `persona` can run them)."""
