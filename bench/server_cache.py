@@ -44,7 +44,7 @@ from persona.engine import Engine
 from persona.llm.base import ChatMessage
 from persona.llm.local import find_gguf
 from persona.pipeline.context import TurnRequest
-from persona.pipeline.layout import PromptParts, traits_text
+from persona.pipeline.layout import PromptParts, traits_text, turn_note
 from persona.pipeline.prompts import PromptSet
 
 # The local-model bench's eight, and two more: ten turns of a growing history.
@@ -73,13 +73,7 @@ def layout_0_1_0(parts: PromptParts, prompts: PromptSet, late_system_ok: bool) -
     identity = prompts.render(
         "system.j2", persona=parts.persona, traits=traits_text(parts.persona.traits)
     )
-    note = prompts.render(
-        "turn_context.j2",
-        memories=list(parts.memories),
-        safety_override=parts.safety_override,
-        ooc=parts.ooc,
-        dialogue_state=parts.dialogue_state,
-    )
+    note = turn_note(parts, prompts)
     if not late_system_ok:
         identity = f"{identity}\n\n{note}"
     messages = [ChatMessage(role="system", content=identity)]

@@ -68,6 +68,7 @@ LEGACY_NAMES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "history_turns": ("gating", "history_turns"),
         # The names the security docs use: PERSONA_ACCESS_TOKEN, PERSONA_ALLOWED_HOSTS.
         "access_token": ("server", "access_token"),
+        "operator_key": ("server", "operator_key"),
         "allowed_hosts": ("server", "allowed_hosts"),
     }
 )
@@ -255,6 +256,8 @@ class MetacognitionSettings(BaseModel):
     global_state: GlobalStateSettings = Field(default_factory=GlobalStateSettings)
     subjectivity: SubjectivitySettings = Field(default_factory=SubjectivitySettings)
     failure: FailureSettings = Field(default_factory=FailureSettings)
+    # Below this turn confidence the turn counts as uncertain (docs/control-plane.md).
+    revision_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
 
 
 class RelationshipSettings(BaseModel):
@@ -264,6 +267,30 @@ class RelationshipSettings(BaseModel):
 
     # How fast the affinity follows the reward signal.
     affinity_rate: float = Field(default=0.2, gt=0.0, le=1.0)
+
+
+class IdentitySettings(BaseModel):
+    """Traits, values and temporal identity (docs/control-plane.md, "Traits and values")."""
+
+    model_config = _SECTION
+
+    # Weight of this turn's reading in the short-term trait state (an EMA).
+    trait_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    # How far one reward moves the per-user baseline toward (+1) or away from (-1) the state.
+    baseline_rate: float = Field(default=0.05, gt=0.0, le=1.0)
+    # Value learning rate before inertia and the stability budget scale it.
+    value_rate: float = Field(default=0.1, gt=0.0, le=1.0)
+    # 0..1: how much of each value change the identity resists.
+    inertia: float = Field(default=0.5, ge=0.0, lt=1.0)
+    # Stability budget spent per unit of value drift, and by one safety shock.
+    drift_cost: float = Field(default=2.0, ge=0.0)
+    shock_cost: float = Field(default=0.3, ge=0.0, le=1.0)
+    # Budget regained per hour of chat time between turns.
+    recover_per_hour: float = Field(default=0.1, ge=0.0)
+    # Phases by budget, and the turns a shock locks drift.
+    reconstruction_below: float = Field(default=0.5, ge=0.0, le=1.0)
+    degraded_below: float = Field(default=0.2, ge=0.0, le=1.0)
+    shock_lock_turns: int = Field(default=2, ge=0)
 
 
 # The shortest access token accepted: a one-character login would guard nothing.
@@ -278,6 +305,9 @@ class ServerSettings(BaseModel):
     # Required on every route when set (bearer header or the login cookie); required to
     # bind anything but loopback.
     access_token: SecretStr | None = None
+    # Required (header x-persona-operator-key) by POST /persona/operator/override;
+    # without it the endpoint answers 403.
+    operator_key: SecretStr | None = None
     # Host header names accepted besides the loopback names (DNS-rebinding guard);
     # "*" accepts any (only sensible behind a proxy that checks Host itself).
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -403,6 +433,7 @@ class Settings(BaseSettings):
     gating: GatingSettings = Field(default_factory=GatingSettings)
     metacognition: MetacognitionSettings = Field(default_factory=MetacognitionSettings)
     relationship: RelationshipSettings = Field(default_factory=RelationshipSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
@@ -453,6 +484,7 @@ class Settings(BaseSettings):
         data = _mask_urls(self.model_dump(mode="json"))
         data["llm"]["api_key"] = MASK if self.llm.api_key else None
         data["server"]["access_token"] = MASK if self.server.access_token else None
+        data["server"]["operator_key"] = MASK if self.server.operator_key else None
         return data
 
 

@@ -25,12 +25,23 @@ from typing import Any, TypeVar
 
 from persona.clock import parse_iso
 from persona.config import Settings
-from persona.events import ChatState, EventPayload, Perception, TurnCompleted, TurnStarted
-from persona.events.decisions import ClassifierInfo
+from persona.events import (
+    ChatState,
+    EventPayload,
+    MemoryRetrieval,
+    Metacognition,
+    Perception,
+    TurnCompleted,
+    TurnStarted,
+    Workspace,
+)
+from persona.events.decisions import BeliefRevised, ClassifierInfo
+from persona.events.identity import IdentityState
 from persona.llm.base import Backend, GenOptions, LLMError
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import Stage, StageEnv, TurnContext, TurnRequest
 from persona.pipeline.prompts import PromptSet
+from persona.pipeline.revision import revise
 from persona.pipeline.runner import DEFAULT_STAGES
 from persona.pipeline.turn import inputs_hash
 from persona.projector import Projector, project
@@ -128,6 +139,7 @@ class _Pending:
     persona: queries.PersonaRow | None
     state: ChatState
     path: list[queries.PathTurn]
+    identity: IdentityState  # the persona's control state as the turn began
 
 
 def _parent(
@@ -191,6 +203,7 @@ async def replay_decisions(
                         event,
                         queries.get_persona(scratch, payload.persona_id),
                         *_parent(scratch, parent, window),
+                        queries.identity_state(scratch, payload.persona_id),
                     )
                 elif trace in pending and isinstance(payload, Perception):
                     begun = pending.pop(trace)
@@ -231,7 +244,9 @@ async def _replay_turn(
         differ("turn", "config_hash", started.config_hash, config_hash)
         return
     state = begun.state
-    replayed_hash = inputs_hash(started.message, state, begun.persona, config_hash, started.gen)
+    replayed_hash = inputs_hash(
+        started.message, state, begun.persona, config_hash, started.gen, begun.identity
+    )
     if started.inputs_hash and started.inputs_hash != replayed_hash:
         differ("turn", "inputs_hash", started.inputs_hash, replayed_hash)
     history = begun.path[-settings.gating.history_turns :] if settings.gating.history_turns else []
@@ -257,16 +272,39 @@ async def _replay_turn(
         parent_state=state,
         history=history,
         recent_user_messages=[p.user_message for p in begun.path],
+        identity=begun.identity,
     )
-    recorded = {type(e.payload): e.payload for e in logged}
-    perception = recorded.get(Perception)
+    # Every logged decision by kind, in log order: a belief-revision round logs memory,
+    # gating and metacognition again, and the n-th replayed one meets the n-th logged one.
+    recorded: dict[type[EventPayload], list[EventPayload]] = {}
+    for e in logged:
+        recorded.setdefault(type(e.payload), []).append(e.payload)
+    seen: dict[type[EventPayload], int] = {}
+
+    def check(stage: str, decision: EventPayload) -> None:
+        n = seen.get(type(decision), 0)
+        seen[type(decision)] = n + 1
+        was = recorded.get(type(decision), [])
+        report.decisions += 1
+        _compare(stage, was[n] if n < len(was) else None, decision, differ)
+
+    perception = next(iter(recorded.get(Perception, [])), None)
     backend.substitute(perception.classifier if isinstance(perception, Perception) else None)
-    for stage in stages:
+
+    async def run(stage: Stage) -> None:
         out = await stage.run(ctx, env)
         ctx.record(out.decision)
-        was = recorded.get(type(out.decision))
-        report.decisions += 1
-        _compare(stage.name, was, out.decision, differ)
+        check(stage.name, out.decision)
+
+    async def closed(round_: BeliefRevised) -> None:
+        check("revision", round_)
+
+    for stage in stages:
+        await run(stage)
+    await revise(ctx, env, stages, run, closed)
+    for kind in (BeliefRevised, MemoryRetrieval, Workspace, Metacognition):
+        for extra in recorded.get(kind, [])[seen.get(kind, 0) :]:
+            differ("revision", extra.event_type, "logged", None)  # a round the replay did not run
 
 
 def _compare(

@@ -119,6 +119,7 @@ def test_every_legacy_name_is_covered_and_lands_on_a_real_field():
     assert {name.removeprefix("PERSONA_").lower() for name, *_ in LEGACY_ENV} | {
         "llm_api_key",
         "access_token",
+        "operator_key",
     } == set(LEGACY_NAMES)
     targets = list(LEGACY_NAMES.values())
     # Only the two old context lengths share a home: they could disagree, now they can't.

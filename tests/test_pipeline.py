@@ -24,6 +24,7 @@ TURN_EVENTS = [
     "reply.completed",
     "memory.written",
     "edge.asserted",
+    "identity.updated",
     "telemetry.recorded",
     "chat_state.recorded",
     "turn.completed",
@@ -52,14 +53,17 @@ async def test_every_stage_decision_is_an_event_of_the_turn(engine):
     assert actors["workspace.selected"] == "gating"
     assert actors["metacognition.completed"] == "metacognition"
     assert actors["reply.completed"] == "speaker"
-    assert {e.stream_id for e in events} == {"chat:chat-1"}
-    # From the second turn, persona-scoped state (the relationship edge) goes on the
-    # persona's stream.
-    second = await run_turn(engine, "Nice to meet you.", reward=1.0, chat_id="chat-1")
+    # Persona-scoped state goes on the persona's stream: its control state every turn,
+    # the relationship edge from the second turn.
+    streams = {e.type: e.stream_id for e in events}
+    assert streams.pop("identity.updated") == "persona:default"
+    assert set(streams.values()) == {"chat:chat-1"}
+    # (A clear question: confident enough that no belief-revision round runs.)
+    second = await run_turn(engine, "What is the capital of France?", reward=1.0, chat_id="chat-1")
     later = _events(engine, second["meta"]["trace_id"])
     assert [e.type for e in later] == ["turn.queued", *TURN_EVENTS]
     streams = {e.type: e.stream_id for e in later}
-    assert streams.pop("edge.asserted") == "persona:default"
+    assert streams.pop("edge.asserted") == streams.pop("identity.updated") == "persona:default"
     assert set(streams.values()) == {"chat:chat-1"}
     chat_events = [e for e in events if e.stream_id == "chat:chat-1"]
     assert [e.stream_version for e in chat_events] == list(range(1, len(chat_events) + 1))

@@ -24,6 +24,7 @@ from persona.events.chat import (
     TurnStarted,
 )
 from persona.events.decisions import (
+    BeliefRevised,
     Budget,
     ClassifierFailed,
     ClassifierInfo,
@@ -37,6 +38,7 @@ from persona.events.decisions import (
     Telemetry,
     Workspace,
 )
+from persona.events.identity import IdentityState, IdentityUpdated, OperatorOverride
 from persona.events.memory import MemoryWritten
 from persona.events.persona import PersonaCreated, PersonaFields, PersonaRevised
 from persona.events.queue import TurnQueued
@@ -56,11 +58,14 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     MemoryRetrieval,
     Workspace,
     Metacognition,
+    BeliefRevised,
     ReplyCompleted,
     MemoryWritten,
     EdgeAsserted,
     TelemetryRecorded,
     ChatStateRecorded,
+    IdentityUpdated,
+    OperatorOverride,
     TurnCompleted,
     TurnFailed,
 )
@@ -70,6 +75,7 @@ CATALOG = Catalog(EVENT_TYPES)
 __all__ = [
     "CATALOG",
     "EVENT_TYPES",
+    "BeliefRevised",
     "Budget",
     "Catalog",
     "ChatStarted",
@@ -82,10 +88,13 @@ __all__ = [
     "EventPayload",
     "GateDecision",
     "Generation",
+    "IdentityState",
+    "IdentityUpdated",
     "MemoryRetrieval",
     "MemoryWritten",
     "Metacognition",
     "Model",
+    "OperatorOverride",
     "Perception",
     "PersonaCreated",
     "PersonaFields",

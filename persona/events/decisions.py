@@ -249,6 +249,36 @@ class FailureDecision(Model):
     reasons: list[str]
 
 
+class DecisionOption(Model):
+    """One way to answer the turn, scored 0..1 from the turn's decisions; one is chosen."""
+
+    name: str = Field(description="answer_in_state, short_task_answer, clarify, safety_redirect")
+    score: float = Field(ge=0.0, le=1.0)
+    chosen: bool
+    reason: str
+
+
+class ConfidenceDecision(Model):
+    """How sure the turn is of its reading: 0..1 from its parts (docs/control-plane.md)."""
+
+    value: float = Field(ge=0.0, le=1.0)
+    margin: float = Field(description="primary minus runner-up intent share")
+    stability: float = Field(description="perception's stability (1.0 when not recorded)")
+    grounding: float = Field(description="max(C, M): context or memory behind the turn")
+    threshold: float = Field(description="metacognition.revision_threshold")
+    low: bool = Field(description="value < threshold")
+
+
+class AttentionDecision(Model):
+    """The attention schema: last turn's prediction checked, and the next prediction."""
+
+    predicted: list[str] = Field(description="ids the parent turn expected in this workspace")
+    hits: int = Field(ge=0, description="predicted ids that were selected")
+    rate: float | None = Field(description="hits / predicted (None: nothing predicted)")
+    running_rate: float | None = Field(description="all hits / all predicted over the path")
+    next_predicted: list[str] = Field(description="ids expected in the next turn's workspace")
+
+
 def _metacognition_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
     # Names before the state machine ("smalltalk", "crisis") read as the states they meant.
     return {**p, "dialogue_state": canonical_state(p.get("dialogue_state")) or "S0_NEUTRAL"}
@@ -270,6 +300,35 @@ class Metacognition(EventPayload):
     global_state: GlobalStateDecision | None = None
     subjectivity: SubjectivityDecision | None = None
     failure: FailureDecision | None = None
+    # Absent (None / empty) in events recorded before confidence and decision candidates.
+    confidence: ConfidenceDecision | None = None
+    candidates: list[DecisionOption] = Field(default_factory=list)
+    attention: AttentionDecision | None = None
+
+
+class BeliefRevised(EventPayload):
+    """A belief-revision round: memory, gating and metacognition re-ran, widened.
+
+    Recorded after the round's own memory.retrieved, workspace.selected and
+    metacognition.completed; the turn's last such events are the ones the speaker used.
+    """
+
+    event_type: ClassVar[str] = "belief.revised"
+
+    round: int = Field(ge=1, description="1 .. the most rounds (2)")
+    reason: str
+    confidence_before: float
+    confidence_after: float | None = Field(default=None, description="None: round not run yet")
+    terms_added: list[str] = Field(
+        default_factory=list, description="query terms from the previous exchange"
+    )
+    fts_candidates: int = Field(ge=0, description="lexical candidates asked for this round")
+    recent_candidates: int = Field(ge=0, description="newest memories asked for this round")
+    top_k: int = Field(ge=0, description="ranked memories kept this round")
+    new_candidates: int = Field(default=0, description="more candidates than before the round")
+    selected_added: list[str] = Field(default_factory=list, description="ids now in the workspace")
+    selected_dropped: list[str] = Field(default_factory=list, description="ids no longer in it")
+    changed: bool = Field(default=False, description="new candidates or a different workspace")
 
 
 class ClassifierFailed(EventPayload):

@@ -92,6 +92,11 @@ class ChatState(Model):
     degenerate_streak: int = Field(
         default=0, ge=0, description="replies running that the reply check flagged degenerate"
     )
+    attention_predicted: tuple[str, ...] = Field(
+        default=(), description="ids the attention schema expects in the next workspace"
+    )
+    attention_hits: int = Field(default=0, ge=0, description="predicted ids selected, all turns")
+    attention_total: int = Field(default=0, ge=0, description="ids predicted, all turns")
 
     @model_validator(mode="before")
     @classmethod

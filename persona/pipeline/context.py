@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from persona.config import Settings
 from persona.errors import MissingDecision
-from persona.events import ChatState, EventPayload
+from persona.events import ChatState, EventPayload, IdentityState
 from persona.llm.base import Backend, GenOptions
 from persona.pipeline.prompts import PromptSet
 from persona.storage.queries import PathTurn, PersonaRow
@@ -52,6 +52,9 @@ class TurnContext:
     parent_state: ChatState
     history: list[PathTurn] = field(default_factory=list)
     recent_user_messages: list[str] = field(default_factory=list)
+    # The persona's control state as the turn began (traits, values, operator overrides);
+    # None where a caller built the context without it (stages then see no override).
+    identity: IdentityState | None = None
     decisions: dict[type[EventPayload], EventPayload] = field(default_factory=dict)
     reply: str = ""
 
@@ -120,6 +123,8 @@ class PersonaView(Protocol):
     """Persona-scoped state as the writer's transaction sees it (post-reply stages)."""
 
     def edge_weight(self, src: str, rel: str, dst: str) -> float | None: ...
+
+    def identity_state(self, persona_id: str) -> IdentityState: ...
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Literal
 from persona.events import Budget, GateDecision, MemoryRetrieval, Perception, Workspace
 from persona.llm.base import ChatMessage
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext, TurnRequest
-from persona.pipeline.layout import PromptParts, layout, memory_text
+from persona.pipeline.layout import PromptParts, hard_safety, layout, memory_text, soft_safety
 from persona.pipeline.perception import is_ooc, safety_risk
 from persona.pipeline.post import episodic_id
 from persona.storage.queries import PathTurn, PersonaRow
@@ -101,10 +101,13 @@ class Costs:
 def base_parts(ctx: TurnContext) -> PromptParts:
     """The prompt with nothing optional in it: identity, turn note, the message."""
     perception = ctx.need(Perception)
+    # Safety is known here; the global state, subjectivity mode, dialogue state and
+    # disclosure are not yet: the parts' defaults reserve their longest lines.
     return PromptParts(
         persona=ctx.persona,
         message=ctx.request.message,
-        safety_override=perception.safety.override,
+        safety_override=hard_safety(perception.safety),
+        safety_soft=soft_safety(perception.safety),
         ooc=perception.ooc,
     )
 
@@ -176,11 +179,13 @@ def message_room(request: TurnRequest, persona: PersonaRow, env: StageEnv) -> tu
     The turn note is sized as perception will see the message (safety, OOC), so a
     message refused here would not have fit, and one accepted always fits.
     """
-    override = safety_risk(request.message)[0] >= env.settings.perception.safety_override_threshold
+    risk = safety_risk(request.message)[0]
+    override = risk >= env.settings.perception.safety_override_threshold
     parts = PromptParts(
         persona=persona,
         message=request.message,
         safety_override=override,
+        safety_soft=not override and risk >= env.settings.perception.safety_intervened_threshold,
         ooc=is_ooc(request.message, env.settings.perception.ooc_marker),
     )
     fixed = prompt_tokens(replace(parts, message=""), env)

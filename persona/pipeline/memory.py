@@ -12,7 +12,7 @@ from datetime import datetime
 
 from persona.clock import parse_iso
 from persona.config import MemorySettings
-from persona.events import CoreMemory, MemoryRetrieval, RetrievedMemory
+from persona.events import BeliefRevised, CoreMemory, MemoryRetrieval, RetrievedMemory
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext
 from persona.pipeline.text import content_words
 from persona.storage import queries
@@ -76,6 +76,16 @@ class MemoryStage:
     async def run(self, ctx: TurnContext, env: StageEnv) -> StageOutput:
         s = env.settings.memory
         terms = search_terms(ctx.request.message)
+        revising = ctx.get(BeliefRevised)
+        if revising is not None:  # a belief-revision round: widened (revision.py)
+            terms = sorted(set(terms) | set(revising.terms_added))
+            s = s.model_copy(
+                update={
+                    "fts_candidates": revising.fts_candidates,
+                    "recent_candidates": revising.recent_candidates,
+                    "top_k": revising.top_k,
+                }
+            )
         candidates, core = await env.store.read(gather, ctx.request.persona_id, terms, s)
         return StageOutput(
             MemoryRetrieval(

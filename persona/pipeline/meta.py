@@ -18,6 +18,7 @@ from persona.events import (
     EdgeAsserted,
     EventPayload,
     GateDecision,
+    IdentityUpdated,
     MemoryRetrieval,
     MemoryWritten,
     Metacognition,
@@ -31,12 +32,17 @@ from persona.events import (
 )
 from persona.events.decisions import (
     Appraisal,
+    AttentionDecision,
+    BeliefRevised,
+    ConfidenceDecision,
+    DecisionOption,
     DialogueDecision,
     FailureDecision,
     GlobalStateDecision,
     RewardJudgement,
     SubjectivityDecision,
 )
+from persona.events.identity import OverrideNote
 from persona.storage.eventlog import Event
 
 META_VERSION = 2
@@ -140,6 +146,49 @@ class MetaV1(_Meta):
     )
     identity_health: float | None = Field(default=None, description="0..1, 1 = intact")
     collapse_level: int | None = Field(default=None, description="0 (none) .. 4")
+    confidence: float | None = Field(default=None, description="the turn's confidence 0..1")
+    decision_options: list[DecisionOption] = Field(
+        default_factory=list, description="the scored ways to answer; one is chosen"
+    )
+    attention_rate: float | None = Field(
+        default=None, description="running share of predicted workspace ids that were selected"
+    )
+
+
+class MetaIdentity(BaseModel):
+    """The persona's control state after the turn, as this user sees it."""
+
+    traits: dict[str, float]
+    baseline: dict[str, float] = Field(description="this user's long-term trait baseline")
+    values: dict[str, float]
+    frozen: bool
+    operator_global_state: str | None
+    operator_subjectivity_mode: str | None
+    budget: float
+    phase: str
+    applied: bool = Field(description="the reward moved baseline and values")
+    drift: dict[str, float]
+    reasons: list[str]
+    last_override: OverrideNote | None
+
+
+def meta_identity(p: IdentityUpdated) -> MetaIdentity:
+    """Only this user's baseline: other users' baselines are not theirs to see."""
+    st = p.state
+    return MetaIdentity(
+        traits=st.traits,
+        baseline=st.baseline(p.user_id),
+        values=st.values,
+        frozen=st.frozen,
+        operator_global_state=st.global_state,
+        operator_subjectivity_mode=st.subjectivity_mode,
+        budget=st.budget,
+        phase=st.phase,
+        applied=p.applied,
+        drift=p.drift,
+        reasons=p.reasons,
+        last_override=st.last_override,
+    )
 
 
 class Meta(MetaV1):
@@ -172,6 +221,18 @@ class Meta(MetaV1):
     failure: FailureDecision | None = Field(
         default=None, description="identity health, collapse level, recovery, disclosure"
     )
+    confidence_detail: ConfidenceDecision | None = Field(
+        default=None, description="margin, stability, grounding, threshold"
+    )
+    attention: AttentionDecision | None = Field(
+        default=None, description="the attention schema: prediction checked, next prediction"
+    )
+    revisions: list[BeliefRevised] = Field(
+        default_factory=list, description="the belief-revision rounds, in order"
+    )
+    identity: MetaIdentity | None = Field(
+        default=None, description="traits, values, temporal identity and operator overrides"
+    )
     reply_flags: list[str] = Field(
         default_factory=list,
         description="what the reply check did to the reply: label, continued, loop, cut, repeat",
@@ -184,7 +245,9 @@ class IncompleteTurn(ValueError):
 
 
 def _one(events: Sequence[Event], kind: type[P]) -> tuple[Event, P]:
-    for e in events:
+    # The last one: a belief-revision round records memory, gating and metacognition
+    # again, and the turn used the last round's.
+    for e in reversed(events):
         if isinstance(e.payload, kind):
             return e, e.payload
     raise IncompleteTurn(f"no {kind.event_type} event in the turn")
@@ -240,6 +303,7 @@ def build_meta(events: Sequence[Event]) -> Meta:
     _one(events, TurnCompleted)
     written = next((e.payload for e in events if isinstance(e.payload, MemoryWritten)), None)
     state = next((e.payload for e in events if isinstance(e.payload, ChatStateRecorded)), None)
+    ident = next((e.payload for e in events if isinstance(e.payload, IdentityUpdated)), None)
     edges = [
         MetaEdge(src=p.src, rel=p.rel, dst=p.dst, weight=round(p.weight, 4))
         for e in events
@@ -292,6 +356,9 @@ def build_meta(events: Sequence[Event]) -> Meta:
         subjectivity_mode=metacog.subjectivity.mode if metacog.subjectivity else None,
         identity_health=metacog.failure.health if metacog.failure else None,
         collapse_level=metacog.failure.level if metacog.failure else None,
+        confidence=metacog.confidence.value if metacog.confidence else None,
+        decision_options=metacog.candidates,
+        attention_rate=metacog.attention.running_rate if metacog.attention else None,
     )
     return Meta(
         **v1.model_dump(),
@@ -322,6 +389,10 @@ def build_meta(events: Sequence[Event]) -> Meta:
         global_transition=metacog.global_state,
         subjectivity=metacog.subjectivity,
         failure=metacog.failure,
+        confidence_detail=metacog.confidence,
+        attention=metacog.attention,
+        revisions=[p for e in events if isinstance(p := e.payload, BeliefRevised)],
         reply_flags=reply.flags,
+        identity=meta_identity(ident) if ident else None,
         meta_v1=v1,
     )

@@ -40,7 +40,9 @@ from persona.events.decisions import (
     SubjectivityDecision,
 )
 from persona.pipeline import dialogue
+from persona.pipeline.attention import decide_attention
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext
+from persona.pipeline.revision import decide_candidates, decide_confidence
 from persona.pipeline.state import (
     FIRST_TURN_REWARD,
     reward_after,
@@ -209,6 +211,7 @@ def decide_global(
     squeezed: bool,
     coherence: float,
     s: GlobalStateSettings,
+    operator: str | None = None,
 ) -> GlobalStateDecision:
     """The global state: the first of SILENT, SAFETY_LOCK, OVERLOADED, REFLECTIVE that
     applies, else NORMAL. OVERLOADED and REFLECTIVE enter and leave at different
@@ -228,7 +231,8 @@ def decide_global(
             reasons=[*reasons, why],
         )
 
-    if parent.operator_state == SILENT:
+    # The persona's operator state (identity_state) is the source; the chat field is legacy.
+    if operator == SILENT or parent.operator_state == SILENT:
         return done(SILENT, "SILENT: set by the operator")
     if dialogue_state == dialogue.SAFETY:
         return done(SAFETY_LOCK, f"{SAFETY_LOCK}: dialogue state {dialogue.SAFETY} holds")
@@ -271,6 +275,7 @@ def decide_subjectivity(
     global_state: str,
     level: int,
     s: SubjectivitySettings,
+    forced: str | None = None,
 ) -> SubjectivityDecision:
     """The subjectivity mode from the smoothed score, with bands and hysteresis."""
     score = subjectivity_score(telemetry, s)
@@ -294,6 +299,9 @@ def decide_subjectivity(
         return done(S3_SAFE, f"{S3_SAFE}: global state {SAFETY_LOCK}")
     if level >= MAX_LEVEL:
         return done(S3_SAFE, f"{S3_SAFE}: collapse level {level}")
+    # The operator's forced mode; the safety rules above still win.
+    if forced is not None and forced in SUBJECTIVITY_MODES:
+        return done(forced, f"{forced}: forced by the operator")
     if current == S3_SAFE:
         if parent.subjectivity_dwell < s.min_dwell:
             return done(S3_SAFE, f"holding {S3_SAFE}: dwell {parent.subjectivity_dwell}")
@@ -347,8 +355,18 @@ class MetacognitionStage:
             memory_squeezed(workspace),
             smoothed.C,
             s.global_state,
+            operator=ctx.identity.global_state if ctx.identity else None,
         )
-        mode = decide_subjectivity(parent, raw, glob.state, failure.level, s.subjectivity)
+        mode = decide_subjectivity(
+            parent,
+            raw,
+            glob.state,
+            failure.level,
+            s.subjectivity,
+            forced=ctx.identity.subjectivity_mode if ctx.identity else None,
+        )
+        confidence = decide_confidence(perception, raw, s.revision_threshold)
+        history_turns = env.settings.gating.history_turns
         return StageOutput(
             Metacognition(
                 telemetry=raw,
@@ -359,5 +377,10 @@ class MetacognitionStage:
                 global_state=glob,
                 subjectivity=mode,
                 failure=failure,
+                confidence=confidence,
+                candidates=decide_candidates(
+                    perception, confidence.value, decision.state, glob.state
+                ),
+                attention=decide_attention(parent, ctx.turn_id, workspace, history_turns),
             )
         )

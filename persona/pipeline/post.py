@@ -10,6 +10,7 @@ from __future__ import annotations
 from persona.events import (
     ChatStateRecorded,
     EdgeAsserted,
+    IdentityUpdated,
     MemoryWritten,
     Metacognition,
     Perception,
@@ -17,6 +18,7 @@ from persona.events import (
     TelemetryRecorded,
     Workspace,
 )
+from persona.pipeline import identity
 from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, TurnContext
 from persona.pipeline.reply_check import DEGENERATE
 from persona.pipeline.state import reward_applies, step
@@ -99,6 +101,52 @@ class Relationship:
         ]
 
 
+class IdentityStep:
+    """Move the persona's traits, per-user baseline and values after a turn (identity.py).
+
+    Read through the writer's transaction, like the affinity edge: two chats of one
+    persona finishing at once never lose an update, and an operator override that landed
+    meanwhile (a freeze) is what this step starts from.
+    """
+
+    name = "identity"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        perception, metacog = ctx.need(Perception), ctx.need(Metacognition)
+        safety, smoothed = perception.safety, perception.intent_smoothed
+        glob = metacog.global_state
+        reading = identity.TurnReading(
+            calm=1.0 - perception.appraisal.arousal if perception.appraisal else 0.5,
+            empathy=min(
+                1.0, smoothed.get("emotional_support", 0.0) + smoothed.get("self_disclosure", 0.0)
+            ),
+            curiosity=metacog.telemetry.N,
+            signal=ctx.request.reward_signal,
+            reward_applies=reward_applies(ctx.parent_state),
+            flagged=safety.intervened or safety.escalated or safety.blocked,
+            shock=safety.override,
+            overloaded=glob is not None and glob.state == "OVERLOADED",
+        )
+        prev = persona.identity_state(ctx.request.persona_id)
+        out = identity.update(prev, ctx.request.user_id, reading, ctx.now, env.settings.identity)
+        return [
+            Emit(
+                IdentityUpdated(
+                    persona_id=ctx.request.persona_id,
+                    user_id=ctx.request.user_id,
+                    turn_id=ctx.turn_id,
+                    chat_id=ctx.request.chat_id,
+                    signal=reading.signal,
+                    applied=out.applied,
+                    state=out.state,
+                    drift=out.drift,
+                    reasons=out.reasons,
+                ),
+                scope="persona",
+            )
+        ]
+
+
 class TelemetryRecord:
     """Record the turn's telemetry row (dashboards read it)."""
 
@@ -144,6 +192,7 @@ class StateStep:
 DEFAULT_POST_STAGES: tuple[PostStage, ...] = (
     EpisodicWrite(),
     Relationship(),
+    IdentityStep(),
     TelemetryRecord(),
     StateStep(),
 )

@@ -24,6 +24,7 @@ CONTINUED = "continued"  # the reply went on with another speaker's line; cut th
 LOOP = "loop"  # a repetition loop, cut where it began
 CUT = "cut"  # ended mid-sentence at the token cap; trimmed to its last whole sentence
 REPEAT = "repeat"  # the same words as one of the persona's recent replies in this chat
+SILENT = "silent"  # the operator silenced the persona: a fixed placeholder, no model call
 
 # Flags that mark the model's output as degenerate: such a reply is not remembered.
 DEGENERATE = frozenset({LOOP, CUT, REPEAT})

@@ -13,13 +13,30 @@ from persona.events import (
     ReplyUsage,
     Workspace,
 )
-from persona.llm.base import ChatMessage, GenOptions, LLMResponse
+from persona.llm.base import ChatMessage, GenOptions, LLMResponse, Usage
 from persona.pipeline.context import StageEnv, TurnContext
 from persona.pipeline.dialogue import prompt_state
 from persona.pipeline.gating import selected_history
-from persona.pipeline.layout import PromptParts, layout, memory_text
+from persona.pipeline.layout import (
+    PromptParts,
+    hard_safety,
+    layout,
+    memory_text,
+    soft_safety,
+)
+from persona.pipeline.metacognition import SILENT as SILENT_STATE
 from persona.pipeline.prompts import PromptSet
-from persona.pipeline.reply_check import CheckedReply, check_reply, reply_options, speaker_labels
+from persona.pipeline.reply_check import (
+    SILENT,
+    CheckedReply,
+    check_reply,
+    reply_options,
+    speaker_labels,
+)
+
+# What a SILENT turn answers: a fixed placeholder, never an empty reply (an empty reply is
+# never a completed answer), marked `silent` in the reply flags. No model is called.
+SILENT_REPLY = "…"
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,23 @@ def disclose(metacog: Metacognition) -> bool:
     return metacog.failure.disclose if metacog.failure else False
 
 
+def global_state(metacog: Metacognition) -> str:
+    """The decided global state ("NORMAL" in events recorded before it existed)."""
+    return metacog.global_state.state if metacog.global_state else "NORMAL"
+
+
+def subjectivity(metacog: Metacognition) -> str:
+    """The decided subjectivity mode ("" in events recorded before it existed)."""
+    return metacog.subjectivity.mode if metacog.subjectivity else ""
+
+
+def is_silent(ctx: TurnContext) -> bool:
+    """Whether the operator silenced the persona: it does not speak. Metacognition decides
+    global SILENT exactly when `ChatState.operator_state` is SILENT (one source of truth)."""
+    metacog = ctx.get(Metacognition)
+    return metacog is not None and global_state(metacog) == SILENT_STATE
+
+
 def turn_gen(ctx: TurnContext) -> GenOptions:
     """The request's options with what the dialogue state applied (request values won)."""
     metacog = ctx.get(Metacognition)
@@ -56,16 +90,20 @@ def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
     """The parts the workspace selected, and the ids of what may be cut (first to go first)."""
     perception = ctx.need(Perception)
     workspace = ctx.need(Workspace)
+    metacog = ctx.need(Metacognition)
     memories = {m.memory_id: m for m in ctx.need(MemoryRetrieval).results}
     parts = PromptParts(
         persona=ctx.persona,
         message=ctx.request.message,
         history=tuple(selected_history(ctx, workspace)),
         memories=tuple(memory_text(memories[mid]) for mid in workspace.selected_memories),
-        safety_override=perception.safety.override,
+        safety_override=hard_safety(perception.safety),
+        safety_soft=soft_safety(perception.safety),
         ooc=perception.ooc,
-        dialogue_state=state_line(ctx.need(Metacognition)),
-        disclose=disclose(ctx.need(Metacognition)),
+        dialogue_state=state_line(metacog),
+        global_state=global_state(metacog),
+        subjectivity=subjectivity(metacog),
+        disclose=disclose(metacog),
     )
     # Lowest priority first: the candidates are listed best first.
     order = [c.id for c in reversed(workspace.candidates) if c.selected]
@@ -114,7 +152,17 @@ class SpeakerStage:
         self.prompts = prompts
 
     def start(self, ctx: TurnContext, env: StageEnv) -> tuple[Prompt, LLMResponse]:
-        """Build the prompt, fit it to the window and start generating."""
+        """Build the prompt, fit it to the window and start generating.
+
+        A SILENT turn sends nothing: its empty prompt and the placeholder reply, whole.
+        """
+        if is_silent(ctx):
+            usage = Usage(finish_reason="stop")
+            options = turn_gen(ctx)
+            silent = LLMResponse(
+                env.backend, [], options, chunks=[SILENT_REPLY], usage=usage, done=True
+            )
+            return Prompt([], 0), silent
         prompt = fit_prompt(ctx, env)
         # Stop sequences end the reply where the next speaker's line would start.
         options = reply_options(turn_gen(ctx), ctx.persona.name)
@@ -122,7 +170,10 @@ class SpeakerStage:
 
     @staticmethod
     def check(ctx: TurnContext, response: LLMResponse) -> CheckedReply:
-        """The streamed reply cleaned for storing (see `reply_check.check_reply`)."""
+        """The streamed reply cleaned for storing (see `reply_check.check_reply`); a
+        SILENT turn's placeholder as it is, flagged `silent`."""
+        if is_silent(ctx):
+            return CheckedReply(response.full_text, (SILENT,))
         return check_reply(
             response.full_text,
             speaker_labels(ctx.persona.name),

@@ -88,6 +88,7 @@ def step(
         metacognition.failure,
     )
     smoothed = metacognition.telemetry_smoothed
+    attention = metacognition.attention
     state = metacognition.dialogue_state
     same = state == previous.dialogue_state
     return ChatState(
@@ -108,4 +109,7 @@ def step(
         subjectivity_score=mode.smoothed if mode else None,
         lost_streak=failure.lost_streak if failure else 0,
         degenerate_streak=degenerate_after(previous.degenerate_streak, reply_flags),
+        attention_predicted=tuple(attention.next_predicted) if attention else (),
+        attention_hits=previous.attention_hits + (attention.hits if attention else 0),
+        attention_total=previous.attention_total + (len(attention.predicted) if attention else 0),
     )

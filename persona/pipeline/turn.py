@@ -24,10 +24,12 @@ from persona.events import (
     ChatState,
     EventPayload,
     Generation,
+    IdentityState,
     TurnCompleted,
     TurnStarted,
 )
 from persona.events import TurnFailed as TurnFailedEvent
+from persona.events.decisions import BeliefRevised
 from persona.llm.base import LLMError
 from persona.pipeline.context import (
     PostStage,
@@ -39,6 +41,7 @@ from persona.pipeline.context import (
 )
 from persona.pipeline.meta import Meta, build_meta
 from persona.pipeline.reply_check import reply_options
+from persona.pipeline.revision import revise
 from persona.pipeline.speaker import SpeakerStage
 from persona.storage import queries
 from persona.storage.eventlog import Event, NewEvent
@@ -95,6 +98,9 @@ class _WriterView:
     def edge_weight(self, src: str, rel: str, dst: str) -> float | None:
         return self._tx.read(queries.edge_weight, src, rel, dst)
 
+    def identity_state(self, persona_id: str) -> IdentityState:
+        return self._tx.read(queries.identity_state, persona_id)
+
 
 def inputs_hash(
     message: str,
@@ -102,6 +108,7 @@ def inputs_hash(
     persona: queries.PersonaRow,
     config_hash: str,
     gen: Generation,
+    identity: IdentityState | None = None,
 ) -> str:
     """sha256 of the canonical JSON of a turn's exact inputs (recorded on turn.started).
 
@@ -115,6 +122,9 @@ def inputs_hash(
             "persona": dataclasses.asdict(persona),
             "config_hash": config_hash,
             "gen": gen.model_dump(mode="json"),
+            # The persona's control state (operator overrides, traits, values) as the
+            # turn began: SILENT or a forced mode changes its decisions.
+            "identity": identity.model_dump(mode="json") if identity is not None else None,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -132,6 +142,7 @@ class BeginReads:
     head: tuple[str, int] | None  # the parent-to-be and its depth
     state: ChatState | None  # the parent's snapshot
     path: list[queries.PathTurn]  # the active path up to the parent, oldest first
+    identity: IdentityState  # the persona's control state (traits, values, operator)
 
 
 def _begin_reads(conn: sqlite3.Connection, request: TurnRequest, window: int) -> BeginReads:
@@ -143,6 +154,7 @@ def _begin_reads(conn: sqlite3.Connection, request: TurnRequest, window: int) ->
         head=head,
         state=queries.chat_state(conn, head_id),
         path=queries.active_path(conn, head_id, window),
+        identity=queries.identity_state(conn, request.persona_id),
     )
 
 
@@ -211,6 +223,7 @@ class Turn:
             parent_state=state or ChatState(turns=len(path)),
             history=history,
             recent_user_messages=[p.user_message for p in path],
+            identity=reads.identity,
         )
         new = []
         if not reads.chat_exists:
@@ -246,7 +259,12 @@ class Turn:
             engine_version=self.identity.engine_version,
             build_sha=self.identity.build_sha,
             inputs_hash=inputs_hash(
-                request.message, ctx.parent_state, persona, self.identity.config_hash, gen
+                request.message,
+                ctx.parent_state,
+                persona,
+                self.identity.config_hash,
+                gen,
+                reads.identity,
             ),
         )
         new.append(self._event(started, "runner", latency_ms=_ms(t0)))
@@ -261,27 +279,43 @@ class Turn:
         return ctx
 
     async def run_stages(self, ctx: TurnContext) -> None:
-        """Each pre-reply stage decides in order; each decision is appended as it lands."""
+        """Each pre-reply stage decides in order; each decision is appended as it lands.
+
+        Then belief revision (revision.py): while the turn's confidence is low, memory,
+        gating and metacognition run again, widened, at most two rounds, each closed by a
+        belief.revised event; the last round's decisions are the turn's.
+        """
         for stage in self.stages:
-            self.failing_stage = stage.name
-            t0 = time.perf_counter()
-            out: StageOutput = await stage.run(ctx, self.env)
-            ctx.record(out.decision)
-            call = out.call
-            events = [
-                self._event(
-                    out.decision,
-                    stage.name,
-                    latency_ms=_ms(t0),
-                    model=call.model if call else None,
-                    tokens_in=call.tokens_in if call else None,
-                    tokens_out=call.tokens_out if call else None,
-                )
-            ]
-            events += [self._event(extra, stage.name) for extra in out.extra]
+            await self._run_stage(stage, ctx)
+
+        async def closed(round_: BeliefRevised) -> None:
             t_write = time.perf_counter()
-            self.events += await self.store.append(events)
+            self.events += await self.store.append([self._event(round_, "revision")])
             self.writes_ms += _ms(t_write)
+
+        await revise(ctx, self.env, self.stages, lambda s: self._run_stage(s, ctx), closed)
+
+    async def _run_stage(self, stage: Stage, ctx: TurnContext) -> None:
+        """Run one stage, keep its decision and append its events."""
+        self.failing_stage = stage.name
+        t0 = time.perf_counter()
+        out: StageOutput = await stage.run(ctx, self.env)
+        ctx.record(out.decision)
+        call = out.call
+        events = [
+            self._event(
+                out.decision,
+                stage.name,
+                latency_ms=_ms(t0),
+                model=call.model if call else None,
+                tokens_in=call.tokens_in if call else None,
+                tokens_out=call.tokens_out if call else None,
+            )
+        ]
+        events += [self._event(extra, stage.name) for extra in out.extra]
+        t_write = time.perf_counter()
+        self.events += await self.store.append(events)
+        self.writes_ms += _ms(t_write)
 
     async def speak(self, ctx: TurnContext, on_delta: OnDelta) -> NewEvent:
         """Stream the reply and check it; return its reply.completed, not yet recorded.

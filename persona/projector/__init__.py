@@ -19,6 +19,7 @@ PROJECTION_TABLES: tuple[str, ...] = (
     "edge",
     "telemetry",
     "chat_state",
+    "identity_state",
     "classifier_failures",
 )
 

@@ -13,14 +13,17 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from persona.events import (
+    BeliefRevised,
     ChatStarted,
     ChatStateRecorded,
     ClassifierFailed,
     EdgeAsserted,
     EventPayload,
+    IdentityUpdated,
     MemoryRetrieval,
     MemoryWritten,
     Metacognition,
+    OperatorOverride,
     Perception,
     PersonaCreated,
     PersonaRevised,
@@ -216,6 +219,18 @@ def chat_state_recorded(conn: sqlite3.Connection, e: Event, p: ChatStateRecorded
     )
 
 
+def identity_recorded(
+    conn: sqlite3.Connection, e: Event, p: IdentityUpdated | OperatorOverride
+) -> None:
+    """Keep the newest control state per persona (each event carries the whole state)."""
+    conn.execute(
+        "INSERT INTO identity_state (persona_id, state, event_id, updated_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (persona_id) DO UPDATE SET state = excluded.state,"
+        " event_id = excluded.event_id, updated_at = excluded.updated_at",
+        (p.persona_id, _json(p.state.model_dump(mode="json")), e.event_id, _at(e)),
+    )
+
+
 def classifier_failed(conn: sqlite3.Connection, e: Event, p: ClassifierFailed) -> None:
     conn.execute(
         "INSERT INTO classifier_failures (event_id, trace_id, stage, schema_name, model,"
@@ -281,12 +296,15 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         ClassifierFailed: _handler(ClassifierFailed, classifier_failed),
         MemoryRetrieval: _handler(MemoryRetrieval, record_only),
         Workspace: _handler(Workspace, record_only),
+        BeliefRevised: _handler(BeliefRevised, record_only),
         Metacognition: _handler(Metacognition, record_only),
         ReplyCompleted: _handler(ReplyCompleted, reply_completed),
         MemoryWritten: _handler(MemoryWritten, memory_written),
         EdgeAsserted: _handler(EdgeAsserted, edge_asserted),
         TelemetryRecorded: _handler(TelemetryRecorded, telemetry_recorded),
         ChatStateRecorded: _handler(ChatStateRecorded, chat_state_recorded),
+        IdentityUpdated: _handler(IdentityUpdated, identity_recorded),
+        OperatorOverride: _handler(OperatorOverride, identity_recorded),
         TurnCompleted: _handler(TurnCompleted, turn_completed),
         TurnFailed: _handler(TurnFailed, turn_failed),
     }

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from persona.events import ChatState
+from persona.events import ChatState, IdentityState
 from persona.storage.eventlog import Event, read_events
 
 
@@ -172,6 +172,14 @@ def chat_state(conn: sqlite3.Connection, turn_id: str | None) -> ChatState | Non
         return None
     row = conn.execute("SELECT state FROM chat_state WHERE turn_id = ?", (turn_id,)).fetchone()
     return ChatState.model_validate_json(row[0]) if row else None
+
+
+def identity_state(conn: sqlite3.Connection, persona_id: str) -> IdentityState:
+    """A persona's control state (traits, values, operator overrides); neutral when none."""
+    row = conn.execute(
+        "SELECT state FROM identity_state WHERE persona_id = ?", (persona_id,)
+    ).fetchone()
+    return IdentityState.model_validate_json(row[0]) if row else IdentityState()
 
 
 def trace_events(conn: sqlite3.Connection, trace_id: str) -> list[Event]:

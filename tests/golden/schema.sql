@@ -77,6 +77,13 @@ CREATE TABLE events (
     latency_ms      REAL,
     UNIQUE (stream_id, stream_version)
 );
+-- table identity_state
+CREATE TABLE identity_state (
+    persona_id TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,   -- JSON of events.IdentityState
+    event_id   TEXT NOT NULL,   -- the event that left it
+    updated_at TEXT NOT NULL
+);
 -- table memory
 CREATE TABLE memory (
     memory_id   TEXT PRIMARY KEY,
