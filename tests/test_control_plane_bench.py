@@ -36,13 +36,26 @@ def test_the_bench_passes_every_case_and_matches_its_baseline() -> None:
 
 def test_the_cases_cover_both_languages_and_every_state() -> None:
     cases = load_cases(CASES)
-    assert len(cases) >= 40
+    assert len(cases) >= 64
     assert {c.lang for c in cases} == {"en", "ja"}
-    assert sum(c.lang == "ja" for c in cases) >= 12
+    assert sum(c.lang == "ja" for c in cases) >= 20
     states = {e.value for c in cases for e in c.expects if e.path == "dialogue_state"}
     assert {f"S{i}" for i in range(7)} <= {s[:2] for s in states}
     tags = {t for c in cases for t in c.tags}
     assert {"no-fire", "veiled", "hysteresis", "dwell", "reward"} <= tags
+    assert {"operator", "freeze", "silent", "subjectivity", "global", "overloaded"} <= tags
+    assert {"reflective", "failure", "continuity", "revision", "values"} <= tags
+    # Each of these is held in both languages.
+    for tag in ("freeze", "silent", "overloaded", "failure", "continuity", "values"):
+        assert {c.lang for c in cases if tag in c.tags} == {"en", "ja"}, tag
+    # Operator overrides between turns, and scripted replies, are exercised.
+    kinds = {s.operator["kind"] for c in cases for s in c.steps if s.operator}
+    assert {"freeze_updates", "global_state", "subjectivity_mode"} <= kinds
+    assert any(s.reply for c in cases for s in c.steps)
+    globals_ = {e.value for c in cases for e in c.expects if e.path == "global_state"}
+    assert {"SILENT", "SAFETY_LOCK", "OVERLOADED", "REFLECTIVE", "NORMAL"} <= globals_
+    modes = {e.value for c in cases for e in c.expects if e.path == "subjectivity_mode"}
+    assert {"S0_REACTIVE", "S1_REFLECTIVE", "S2_AUTONOMOUS", "S3_SAFE"} <= modes
 
 
 def test_a_wrong_expectation_fails_the_bench(tmp_path: Path) -> None:
@@ -108,6 +121,12 @@ def test_the_baseline_is_byte_stable(tmp_path: Path) -> None:
         (
             '[[case]]\nname = "x"\nturns = ["hi"]\n[[case.expect]]\nturn = 2\npath = "a"\neq = 1\n',
             "no turn 2",
+        ),
+        (
+            '[[case]]\nname = "x"\n'
+            'turns = [{message = "hi", operator = {kind = "freeze", reason = "r"}}]\n'
+            '[[case.expect]]\npath = "a"\neq = 1\n',
+            "an operator override the endpoint refuses",
         ),
     ],
 )

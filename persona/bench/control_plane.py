@@ -1,10 +1,12 @@
 """The control-plane bench: cases as data, run through the real pipeline, held to a baseline.
 
 Each case is a short chat (one or more turns, optional `reward_signal` per turn, optional
-scripted classifier verdicts and settings) run on a fresh database with the scripted
-backend and a fixed clock. Its expectations are checked against each named turn's `meta`,
-and every turn's control-plane values (`meta_v1` plus `dialogue` and `reward`, minus what
-is run-specific) are compared with a golden baseline within `TOLERANCE`.
+scripted classifier verdicts, a scripted reply, an operator override applied before the
+turn, and settings) run on a fresh database with the scripted backend and a fixed clock.
+Its expectations are checked against each named turn's `meta` (plus `bench_prompt`, what
+the model was sent), and every turn's control-plane values (`meta_v1` plus `dialogue` and
+`reward`, minus what is run-specific) are compared with a golden baseline within
+`TOLERANCE`.
 `write_baseline=True` rewrites the baseline on purpose (after a deliberate change).
 """
 
@@ -25,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
@@ -33,6 +37,7 @@ from persona.llm.base import GenOptions
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import TurnRequest
 from persona.resources import checkout_root
+from persona.web.operator import Override, OverrideResult, override
 
 # Floats are compared within this much of the baseline, and written rounded to
 # DECIMALS places, so the file is the same bytes on every machine.
@@ -46,6 +51,11 @@ DROPPED = frozenset({"trace_id", "timing_ms", "build_sha", "engine_version", "co
 KEPT = ("meta_v1", "dialogue", "reward")
 OPS = ("eq", "ne", "contains", "not_contains", "ge", "le", "gt", "lt")
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+# The meta key a case's expectations read the prompt from (never in the baseline).
+PROMPT_KEY = "bench_prompt"
+# The operator key a case with operator overrides runs under (its own scratch engine).
+OPERATOR_KEY = "bench-operator-key"
+_OVERRIDE: TypeAdapter[Any] = TypeAdapter(Override)
 
 
 class CaseError(ValueError):
@@ -71,6 +81,8 @@ class Step:
     reward_signal: float = 0.0
     classifier: tuple[str, ...] = ()  # raw structured replies queued before the turn
     advance_s: float = 0.0  # idle time before the turn (the fixed clock moves on)
+    reply: str | None = None  # the model's reply this turn (None: the scripted echo)
+    operator: dict[str, Any] | None = None  # an override body applied before the turn
 
 
 @dataclass(frozen=True)
@@ -159,11 +171,14 @@ def _case(raw: dict[str, Any]) -> Case:
         t = {"message": t} if isinstance(t, str) else t
         steps.append(
             Step(
-                message=t["message"],
+                # repeat: a long message (OVERLOADED) without a page of text in the file
+                message=" ".join([t["message"]] * int(t.get("repeat", 1))),
                 chat=t.get("chat", "a"),
                 reward_signal=float(t.get("reward_signal", 0.0)),
                 classifier=tuple(t.get("classifier", ())),
                 advance_s=float(t.get("advance_s", 0.0)),
+                reply=t.get("reply"),
+                operator=_operator(name, t.get("operator")),
             )
         )
     if not steps:
@@ -187,6 +202,17 @@ def _case(raw: dict[str, Any]) -> Case:
         tags=tuple(raw.get("tags", ())),
         settings=dict(raw.get("settings", {})),
     )
+
+
+def _operator(name: str, raw: Any) -> dict[str, Any] | None:
+    """An override body, validated now as the endpoint would (a typo fails at load)."""
+    if raw is None:
+        return None
+    try:
+        _OVERRIDE.validate_python(raw)
+    except ValidationError as exc:
+        raise CaseError(f"case {name}: an operator override the endpoint refuses: {exc}") from exc
+    return dict(raw)
 
 
 _MISSING = object()
@@ -256,6 +282,8 @@ async def _run_case(case: Case, folder: Path) -> list[dict[str, Any]]:
     A failed turn ends the case: TurnFailed propagates.
     """
     raw = _deep_update({"llm": {"provider": "scripted"}}, case.settings)
+    if any(step.operator for step in case.steps):
+        raw = _deep_update({"server": {"operator_key": OPERATOR_KEY}}, raw)
     settings = Settings(db_path=folder / "bench.db", **raw)
     backend = ScriptedBackend()
     clock = FixedClock()
@@ -267,17 +295,35 @@ async def _run_case(case: Case, folder: Path) -> list[dict[str, Any]]:
             if step.advance_s:
                 clock.advance(timedelta(seconds=step.advance_s))
             backend.enqueue_structured(*step.classifier)
+            if step.reply is not None:
+                backend.enqueue(step.reply)
             chat_id = f"bench-{step.chat}"
             runner = engine.runner
             pid = await runner.resolve(chat_id, None, "local", engine.default_persona_id)
+            if step.operator is not None:
+                await _apply_override(engine, pid, step.operator)
             request = TurnRequest(
                 step.message, "local", chat_id, pid, step.reward_signal, GenOptions(max_tokens=200)
             )
+            calls = len(backend.calls)
             result = await (await runner.submit(request)).result
-            metas.append(result.meta.model_dump(mode="json"))
+            meta = result.meta.model_dump(mode="json")
+            # For expectations only (the baseline keeps KEPT): what the model was sent this
+            # turn, "" when the speaker sent nothing (SILENT).
+            meta[PROMPT_KEY] = "\n".join(m.content for c in backend.calls[calls:] for m in c)
+            metas.append(meta)
     finally:
         await engine.stop()
     return metas
+
+
+async def _apply_override(engine: Engine, persona_id: str, body: dict[str, Any]) -> None:
+    """Apply an override through the endpoint's own handler, with the configured key."""
+    key = engine.settings.server.operator_key
+    sent = key.get_secret_value() if key else None
+    answer = await override(_OVERRIDE.validate_python(body), engine, sent, persona_id)
+    if not isinstance(answer, OverrideResult):  # a refusal (403/404), not a result
+        raise CaseError(f"operator override refused: {bytes(answer.body).decode()}")
 
 
 @contextlib.contextmanager
