@@ -272,3 +272,20 @@ async def no_room(tmp_path: Path, message: str) -> int:
     async with engine_with(tmp_path, name="probe") as probe:
         budget = (await run_turn(probe, message))["meta"]["token_budget"]
     return budget["context"] - budget["core"] - budget["message"]
+
+
+def assert_rebuild_and_verify_agree(db_path: Path, scratch: Path) -> None:
+    """A rebuild leaves every projection as it was, and a replay of the log into `scratch`
+    gives the live projections: the state lives in the log, not only in its tables."""
+    from persona.projector.replay import projection_digests, rebuild, verify
+    from persona.storage.db import connect
+
+    conn = connect(db_path)
+    try:
+        before = projection_digests(conn)
+        rebuild(conn)
+        assert projection_digests(conn) == before
+    finally:
+        conn.close()
+    live, replayed = verify(db_path, scratch)
+    assert live == replayed

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import run_turn
+from helpers import assert_rebuild_and_verify_agree, run_turn
 
 from persona import cli
 from persona.clock import FixedClock
@@ -21,7 +21,7 @@ from persona.llm.base import GenOptions
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import TurnRequest
 from persona.pipeline.post import affinity
-from persona.projector.replay import projection_digests, rebuild, verify
+from persona.projector.replay import rebuild
 from persona.storage import queries
 from persona.storage.db import connect
 from persona.storage.eventlog import NewEvent
@@ -83,15 +83,7 @@ async def test_persona_state_survives_restart_rebuild_and_verify(settings, clock
         assert state is not None and state.turns == 2 and state.reward_avg < 0
     finally:
         await second.stop()
-    conn = connect(settings.db_path)
-    try:
-        before = projection_digests(conn)
-        rebuild(conn)
-        assert projection_digests(conn) == before
-    finally:
-        conn.close()
-    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
-    assert live == replayed
+    assert_rebuild_and_verify_agree(settings.db_path, tmp_path / "scratch.db")
 
 
 async def test_a_turn_reads_its_parent_turns_state_not_the_newest_row(engine):
@@ -277,15 +269,7 @@ async def test_the_safety_hold_survives_restart_rebuild_and_verify(settings, clo
         await first.stop()
     assert (crisis["dialogue_state"], crisis["state"]["safety_hold"]) == ("S6_SAFETY", 3)
     assert (benign["dialogue_state"], benign["state"]["safety_hold"]) == ("S6_SAFETY", 2)
-    conn = connect(settings.db_path)
-    try:
-        before = projection_digests(conn)
-        rebuild(conn)
-        assert projection_digests(conn) == before
-    finally:
-        conn.close()
-    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
-    assert live == replayed
+    assert_rebuild_and_verify_agree(settings.db_path, tmp_path / "scratch.db")
     # A fresh engine reads the parent's snapshot: the hold goes on counting, not restarting.
     second = Engine(settings, backend=ScriptedBackend(), clock=clock)
     await second.start()
@@ -351,15 +335,7 @@ async def test_the_control_state_survives_restart_rebuild_and_verify(settings, c
     finally:
         await first.stop()
     assert before["global_state"] == "REFLECTIVE" and before["state"]["global_dwell"] == 1
-    conn = connect(settings.db_path)
-    try:
-        digests = projection_digests(conn)
-        rebuild(conn)
-        assert projection_digests(conn) == digests
-    finally:
-        conn.close()
-    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
-    assert live == replayed
+    assert_rebuild_and_verify_agree(settings.db_path, tmp_path / "scratch.db")
     second = Engine(settings, backend=ScriptedBackend(), clock=clock)
     await second.start()
     try:
