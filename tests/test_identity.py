@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from helpers import run_turn
 
-from persona.config import IdentitySettings
+from persona.config import IdentitySettings, Settings
+from persona.decision_replay import replay_decisions
 from persona.engine import Engine
-from persona.events import IdentityState
+from persona.events import ChatState, IdentityState, Telemetry
 from persona.events.identity import OverrideNote
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline import identity
 from persona.pipeline.identity import TurnReading, apply_override, update
+from persona.pipeline.metacognition import decide_subjectivity
 from persona.projector.replay import projection_digests, rebuild, verify
 from persona.storage import queries
 from persona.storage.db import connect
@@ -161,3 +164,64 @@ async def test_the_identity_state_survives_restart_rebuild_and_verify(settings, 
     # The next turn continues from the stored state, not from neutral.
     assert after["values"]["user_alignment"] > before["values"]["user_alignment"]
     assert stored.values == before["values"]
+
+
+# ---- DEGRADED_SAFE forces the safe subjectivity mode --------------------------------
+
+
+def test_degraded_safe_forces_s3_safe_over_the_operator_and_the_usual_s3_exit_follows():
+    settings = Settings().metacognition.subjectivity
+    grounded = Telemetry(C=0.9, N=0.5, M=0.9, S=1.0, R=0.9)
+    parent = ChatState(turns=3, subjectivity_mode="S1_REFLECTIVE", subjectivity_score=0.8)
+    mode = decide_subjectivity(
+        parent, grounded, "NORMAL", 0, settings, forced="S2_AUTONOMOUS", phase="DEGRADED_SAFE"
+    )
+    assert mode.mode == "S3_SAFE" and mode.reasons[-1] == "S3_SAFE: identity phase DEGRADED_SAFE"
+    for phase in ("NORMAL", "RECONSTRUCTION", "SHOCK_LOCK", None):
+        assert decide_subjectivity(parent, grounded, "NORMAL", 0, settings, phase=phase).mode != (
+            "S3_SAFE"
+        ), phase
+    # Once the phase ends, S3_SAFE leaves by its usual exit (dwell and score).
+    held = parent.model_copy(update={"subjectivity_mode": "S3_SAFE", "subjectivity_dwell": 2})
+    assert decide_subjectivity(held, grounded, "NORMAL", 0, settings).mode != "S3_SAFE"
+
+
+async def test_a_degraded_identity_turns_s3_safe_until_idle_time_ends_the_phase(
+    settings, clock, tmp_path
+):
+    # Any spent budget is DEGRADED_SAFE here: the first applied reward enters the phase.
+    settings = settings.model_copy(
+        update={
+            "identity": settings.identity.model_copy(
+                update={"degraded_below": 1.0, "reconstruction_below": 1.0}
+            )
+        }
+    )
+    engine = Engine(settings, backend=ScriptedBackend(), clock=clock)
+    await engine.start()
+    try:
+
+        async def turn(message: str, reward: float = 0.0) -> dict[str, Any]:
+            return (await run_turn(engine, message, reward=reward))["meta"]
+
+        await turn("Tell me about lighthouses")
+        entered = await turn("Lighthouses guide ships at night", reward=1.0)
+        assert entered["identity"]["phase"] == identity.DEGRADED_SAFE
+        assert entered["subjectivity"]["mode"] != "S3_SAFE"  # the phase is read at turn begin
+        modes = [await turn(m) for m in ("Lighthouses have lamps", "Lighthouses stand tall")]
+        for meta in modes:
+            assert meta["subjectivity"]["mode"] == "S3_SAFE"
+            assert "identity phase DEGRADED_SAFE" in meta["subjectivity"]["reasons"][-1]
+        clock.advance(timedelta(hours=20))  # idle time restores the budget
+        last = await turn("Lighthouses keep ships safe")
+        assert last["identity"]["phase"] == identity.NORMAL
+        assert last["subjectivity"]["mode"] == "S3_SAFE"  # this turn began degraded
+        after = await turn("Lighthouses are tall towers")
+        assert after["subjectivity"]["mode"] != "S3_SAFE"
+    finally:
+        await engine.stop()
+    live, replayed = verify(settings.db_path, tmp_path / "scratch.db")
+    assert live == replayed
+    # `persona verify --replay`: the decisions re-run from the recorded phase, exactly.
+    report = await replay_decisions(settings.db_path, settings)
+    assert report.ok and report.turns == 6, [d.render() for d in report.differences]

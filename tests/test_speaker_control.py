@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from helpers import run_turn
@@ -17,6 +18,7 @@ from persona.pipeline.dialogue import CAREFUL_HINT, STYLES, state_line
 from persona.pipeline.layout import (
     GLOBAL_LINES,
     MODE_LINES,
+    OPTION_LINES,
     SOFT_SAFETY_LINE,
     PromptParts,
     hard_safety,
@@ -24,6 +26,7 @@ from persona.pipeline.layout import (
     soft_safety,
 )
 from persona.pipeline.prompts import PromptSet
+from persona.pipeline.revision import ANSWER, CLARIFY, OPTIONS, SAFETY, SHORT
 from persona.pipeline.speaker import SILENT_REPLY
 from persona.storage.queries import PersonaRow
 
@@ -31,7 +34,8 @@ CRISIS = "crisis line"
 RULE = "Never guilt, pressure or make the user depend on you"
 OVERLOADED, REFLECTIVE = GLOBAL_LINES["OVERLOADED"], GLOBAL_LINES["REFLECTIVE"]
 CAREFUL = MODE_LINES["S3_SAFE"]
-STEERING = (SOFT_SAFETY_LINE, OVERLOADED, REFLECTIVE, CAREFUL, CRISIS)
+BRIEF, ASK = OPTION_LINES[SHORT], OPTION_LINES[CLARIFY]
+STEERING = (SOFT_SAFETY_LINE, OVERLOADED, REFLECTIVE, CAREFUL, BRIEF, ASK, CRISIS)
 PERSONA = PersonaRow("p", "Mira", "", "", {}, "", "", 0)
 PROMPTS = PromptSet.load()
 
@@ -52,9 +56,14 @@ def parts(**kw: object) -> PromptParts:
         "dialogue_state": "S0_NEUTRAL. Style: Answer naturally",
         "global_state": "NORMAL",
         "subjectivity": "S0_REACTIVE",
+        "option": ANSWER,
         "disclose": False,
     }
     return PromptParts(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def chosen_option(meta: dict[str, Any]) -> str:
+    return next(o["name"] for o in meta["decision_options"] if o["chosen"])
 
 
 def note_of(p: PromptParts) -> str:
@@ -80,7 +89,7 @@ def test_the_safety_levels_pick_the_crisis_note_or_the_gentle_line():
 
 
 async def test_a_plain_turn_gets_no_steering_line(engine, backend):
-    await run_turn(engine, "What is the capital of France?")
+    await run_turn(engine, "Hello there, how are you?")
     assert steering(note(backend)) == set()
 
 
@@ -112,7 +121,9 @@ async def test_a_blocked_message_gets_the_crisis_note_and_then_care_while_it_hol
 async def test_an_overloading_message_gets_the_brief_line(engine, backend):
     meta = (await run_turn(engine, "lantern harbour " * 150, max_tokens=1500))["meta"]
     assert meta["global_transition"]["state"] == "OVERLOADED"
-    assert steering(note(backend)) == {OVERLOADED}
+    # The whole message is one repeated phrase: confidence is low and the question wins.
+    assert chosen_option(meta) == CLARIFY
+    assert steering(note(backend)) == {OVERLOADED, ASK}
 
 
 async def test_a_scattered_chat_turns_reflective_and_gets_the_plain_line(engine, backend):
@@ -142,6 +153,35 @@ def test_each_line_appears_exactly_when_its_state_holds():
     assert steering(note_of(hard)) == {CRISIS}
 
 
+def test_the_chosen_option_adds_its_line_only_for_a_short_answer_or_a_question():
+    assert OPTION_LINES == {
+        SHORT: "Answer briefly and directly.",
+        CLARIFY: "Ask one short question to understand what they need.",
+    }
+    expected = {ANSWER: set(), SHORT: {BRIEF}, CLARIFY: {ASK}, SAFETY: set(), "": set()}
+    for option, lines in expected.items():
+        assert steering(note_of(parts(option=option))) == lines, option
+        # It joins the other steering lines; the crisis note still stands alone.
+        soft = parts(option=option, safety_soft=True, global_state="OVERLOADED")
+        assert steering(note_of(soft)) == {SOFT_SAFETY_LINE, OVERLOADED, *lines}, option
+        assert steering(note_of(parts(option=option, safety_override=True))) == {CRISIS}
+
+
+async def test_a_turn_steers_by_the_option_it_chose(engine, backend):
+    # A bare command the lexicon reads with low confidence (first, before any memory
+    # grounds it) gets the question; a greeting answers in state; a clear factual
+    # question gets the short answer.
+    seen = []
+    for message in ["Convert 5 km to miles", "Hello there", "What is the capital of France?"]:
+        result = await run_turn(engine, message, chat_id=message)
+        chosen = chosen_option(result["meta"])
+        assert steering(note(backend)) & {BRIEF, ASK} == (
+            {BRIEF} if chosen == SHORT else {ASK} if chosen == CLARIFY else set()
+        ), (message, chosen)
+        seen.append(chosen)
+    assert seen == [CLARIFY, ANSWER, SHORT]
+
+
 def test_gating_reserves_room_for_the_longest_combined_note():
     # Gating sizes the note with the parts' defaults (safety and OOC it knows already):
     # nothing metacognition decides later (state lines, global state, mode) makes it longer.
@@ -154,10 +194,14 @@ def test_gating_reserves_room_for_the_longest_combined_note():
     for soft, ooc in itertools.product([False, True], repeat=2):
         reserved = PromptParts(persona=PERSONA, message="hi", safety_soft=soft, ooc=ooc)
         room = backend.count_prompt(layout(reserved, PROMPTS, True))
-        for line, state, mode in itertools.product(dialogue_lines, states, modes):
-            decided = replace(reserved, dialogue_state=line, global_state=state, subjectivity=mode)
-            assert backend.count_prompt(layout(decided, PROMPTS, True)) <= room, (line, state, mode)
-    assert {REFLECTIVE, CAREFUL} <= steering(note_of(PromptParts(persona=PERSONA, message="")))
+        for line, state, mode, option in itertools.product(dialogue_lines, states, modes, OPTIONS):
+            decided = replace(
+                reserved, dialogue_state=line, global_state=state, subjectivity=mode, option=option
+            )
+            used = backend.count_prompt(layout(decided, PROMPTS, True))
+            assert used <= room, (line, state, mode, option)
+    reserved_note = note_of(PromptParts(persona=PERSONA, message=""))
+    assert {REFLECTIVE, CAREFUL, ASK} <= steering(reserved_note)
 
 
 @pytest.mark.parametrize(

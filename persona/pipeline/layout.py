@@ -17,6 +17,7 @@ from persona.llm.base import ChatMessage
 from persona.pipeline.dialogue import LONGEST_STATE_LINE, META
 from persona.pipeline.notes import memory_note
 from persona.pipeline.prompts import PromptSet
+from persona.pipeline.revision import CLARIFY, SHORT
 from persona.storage.queries import PathTurn, PersonaRow
 
 # The longest dialogue state line (state and style hint): gating reserves room for it
@@ -32,6 +33,12 @@ GLOBAL_LINES: dict[str, str] = {
     "REFLECTIVE": "Speak about the conversation plainly.",
 }
 MODE_LINES: dict[str, str] = {"S3_SAFE": "Stay gentle and careful."}
+# The chosen decision option (`revision.decide_candidates`): answer-in-state needs no words,
+# and safety-redirect is chosen exactly when the crisis note or the S6 state line speaks.
+OPTION_LINES: dict[str, str] = {
+    SHORT: "Answer briefly and directly.",
+    CLARIFY: "Ask one short question to understand what they need.",
+}
 # Gating sizes the note before metacognition decides the global state and mode: this
 # stands for "the longest line the turn could still get" (see `steer_lines`).
 RESERVE = "(reserve)"
@@ -53,6 +60,8 @@ class PromptParts:
     # gating reserves it before metacognition decides (the speaker sets the decided ones).
     global_state: str = RESERVE
     subjectivity: str = RESERVE
+    # The chosen decision option, likewise reserved until metacognition chooses it.
+    option: str = RESERVE
     # The continuity disclosure line: on by default so gating reserves room for it before
     # metacognition decides (the speaker sets the decided value).
     disclose: bool = True
@@ -106,6 +115,7 @@ def steer_lines(parts: PromptParts) -> list[str]:
     # The soft safety line already asks for gentleness.
     if not parts.safety_soft:
         lines.append(_line(MODE_LINES, parts.subjectivity))
+    lines.append(_line(OPTION_LINES, parts.option))
     return [line for line in lines if line]
 
 

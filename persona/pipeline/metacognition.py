@@ -42,6 +42,7 @@ from persona.events.decisions import (
 from persona.pipeline import dialogue
 from persona.pipeline.attention import decide_attention
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext
+from persona.pipeline.identity import DEGRADED_SAFE
 from persona.pipeline.revision import decide_candidates, decide_confidence
 from persona.pipeline.state import (
     FIRST_TURN_REWARD,
@@ -276,8 +277,13 @@ def decide_subjectivity(
     level: int,
     s: SubjectivitySettings,
     forced: str | None = None,
+    phase: str | None = None,
 ) -> SubjectivityDecision:
-    """The subjectivity mode from the smoothed score, with bands and hysteresis."""
+    """The subjectivity mode from the smoothed score, with bands and hysteresis.
+
+    `phase` is the persona's temporal identity phase as the turn began: DEGRADED_SAFE
+    forces S3_SAFE like a lock or collapse does; once it ends, the usual S3 exit applies.
+    """
     score = subjectivity_score(telemetry, s)
     prev = parent.subjectivity_score
     smoothed = score if prev is None else round(s.smoothing * score + (1 - s.smoothing) * prev, 4)
@@ -299,6 +305,8 @@ def decide_subjectivity(
         return done(S3_SAFE, f"{S3_SAFE}: global state {SAFETY_LOCK}")
     if level >= MAX_LEVEL:
         return done(S3_SAFE, f"{S3_SAFE}: collapse level {level}")
+    if phase == DEGRADED_SAFE:
+        return done(S3_SAFE, f"{S3_SAFE}: identity phase {DEGRADED_SAFE}")
     # The operator's forced mode; the safety rules above still win.
     if forced is not None and forced in SUBJECTIVITY_MODES:
         return done(forced, f"{forced}: forced by the operator")
@@ -364,6 +372,7 @@ class MetacognitionStage:
             failure.level,
             s.subjectivity,
             forced=ctx.identity.subjectivity_mode if ctx.identity else None,
+            phase=ctx.identity.phase if ctx.identity else None,
         )
         confidence = decide_confidence(perception, raw, s.revision_threshold)
         history_turns = env.settings.gating.history_turns

@@ -131,6 +131,11 @@ def decide_candidates(
     ]
 
 
+def chosen_option(candidates: Sequence[DecisionOption]) -> str:
+    """The chosen option's name ("" in events recorded before decision candidates)."""
+    return next((c.name for c in candidates if c.chosen), "")
+
+
 MAX_ROUNDS = 2
 # The stages a round re-runs, in pipeline order.
 REVISED_STAGES = ("memory", "gating", "metacognition")

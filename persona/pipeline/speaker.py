@@ -33,6 +33,7 @@ from persona.pipeline.reply_check import (
     reply_options,
     speaker_labels,
 )
+from persona.pipeline.revision import chosen_option
 
 # What a SILENT turn answers: a fixed placeholder, never an empty reply (an empty reply is
 # never a completed answer), marked `silent` in the reply flags. No model is called.
@@ -103,6 +104,7 @@ def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
         dialogue_state=state_line(metacog),
         global_state=global_state(metacog),
         subjectivity=subjectivity(metacog),
+        option=chosen_option(metacog.candidates),
         disclose=disclose(metacog),
     )
     # Lowest priority first: the candidates are listed best first.
