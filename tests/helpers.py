@@ -28,6 +28,19 @@ from persona.storage.eventlog import Event
 from persona.storage.queries import trace_events
 from persona.web.app import create_app
 
+# meta.timing_ms's keys, in order: the drawer shows them as rows (and the first token).
+PIPELINE_TIMING = [
+    "begin",
+    "perception",
+    "memory",
+    "gating",
+    "metacognition",
+    "speaker",
+    "post",
+    "writes",
+    "overhead_total",
+]
+
 
 async def run_turn(
     engine: Engine,

@@ -7,23 +7,11 @@ import re
 from datetime import timedelta
 
 import pytest
-from helpers import run_turn
+from helpers import PIPELINE_TIMING, run_turn
 from scenario import CONVERSATION, HOURS_BETWEEN_TURNS, MAX_TOKENS, open_scenario
 
 from persona.pipeline.meta import build_meta
 from persona.storage.queries import trace_events
-
-TIMING_KEYS = [
-    "begin",
-    "perception",
-    "memory",
-    "gating",
-    "metacognition",
-    "speaker",
-    "post",
-    "writes",
-    "overhead_total",
-]
 
 
 async def test_meta_v1_of_a_fixed_conversation_matches_golden(tmp_path, golden) -> None:
@@ -60,7 +48,7 @@ async def test_meta_v1_of_a_fixed_conversation_matches_golden(tmp_path, golden) 
         assert v1.pop("build_sha") == identity.build_sha
         # Timings are wall measurements: their keys and order are the contract.
         timing = v1["timing_ms"]
-        assert list(timing) == TIMING_KEYS
+        assert list(timing) == PIPELINE_TIMING
         assert all(isinstance(ms, float) and ms >= 0 for ms in timing.values())
         outside = [ms for key, ms in timing.items() if key not in ("speaker", "overhead_total")]
         assert timing["overhead_total"] == pytest.approx(sum(outside), abs=1e-3)

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import LiveServer, ReplyGate, read_sse, wait_until
+from helpers import PIPELINE_TIMING, LiveServer, ReplyGate, read_sse, wait_until
 
 from persona.engine import Engine
 from persona.llm.scripted import FailAfter, ScriptedBackend
@@ -21,17 +21,6 @@ from persona.web.schemas import MAX_MESSAGE_CHARS
 # The page stream's events: never `error`, which the browser's EventSource also fires for
 # a broken connection.
 TURN_END = ("turn-done", "turn-failed")
-PIPELINE_TIMING = [
-    "begin",
-    "perception",
-    "memory",
-    "gating",
-    "metacognition",
-    "speaker",
-    "post",
-    "writes",
-    "overhead_total",
-]
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 XSS_REPLY = "Sure <b>bold</b>\n<script>alert(3)</script> & <img src=y onerror=alert(4)>"
 RAW_MARKUP = ("<script>alert", "<img src=", "<b>bold</b>")
