@@ -25,7 +25,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -210,9 +210,10 @@ class SubjectivitySettings(BaseModel):
     model_config = _SECTION
 
     # Score = weighted telemetry (weights sum to 1).
-    weight_c: float = Field(default=0.35, ge=0.0, le=1.0)
+    weight_c: float = Field(default=0.3, ge=0.0, le=1.0)
+    weight_n: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_m: float = Field(default=0.25, ge=0.0, le=1.0)
-    weight_s: float = Field(default=0.2, ge=0.0, le=1.0)
+    weight_s: float = Field(default=0.15, ge=0.0, le=1.0)
     weight_r: float = Field(default=0.2, ge=0.0, le=1.0)
     # Weight of the newest turn in the score's moving average.
     smoothing: float = Field(default=0.5, gt=0.0, le=1.0)
@@ -224,6 +225,13 @@ class SubjectivitySettings(BaseModel):
     safe_enter: float = Field(default=0.2, ge=0.0, le=1.0)
     safe_exit: float = Field(default=0.3, ge=0.0, le=1.0)
     min_dwell: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> SubjectivitySettings:
+        total = self.weight_c + self.weight_n + self.weight_m + self.weight_s + self.weight_r
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"the subjectivity weights must sum to 1 (they sum to {total:g})")
+        return self
 
 
 class FailureSettings(BaseModel):

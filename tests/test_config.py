@@ -309,6 +309,14 @@ def test_bounds_are_enforced(section, field, bad, good):
         Settings(**{section: {field: bad}})
 
 
+def test_the_subjectivity_weights_must_sum_to_one():
+    moved = {"weight_c": 0.2, "weight_n": 0.2}  # 0.1 from C to N: still 1
+    sub = Settings(metacognition={"subjectivity": moved}).metacognition.subjectivity
+    assert (sub.weight_c, sub.weight_n) == (0.2, 0.2)
+    with pytest.raises(ValidationError, match=r"sum to 1\.1"):
+        Settings(metacognition={"subjectivity": {"weight_n": 0.2}})
+
+
 def test_legacy_names_keep_their_bounds(monkeypatch):
     monkeypatch.setenv("PERSONA_CONTEXT_TOKENS", "100")
     with pytest.raises(ValidationError, match=r"llm\.context_window"):

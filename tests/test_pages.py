@@ -88,8 +88,11 @@ def test_chat_page_shows_history_failed_turns_and_the_last_turns_state(
     drawer = page[page.index('id="drawer"') :]
     assert f"<code>{meta['trace_id']}</code>" in drawer
     assert f'data-testid="dialogue-state">{meta["dialogue_state"]}<' in drawer
-    for key in "CNMSR":
-        assert f"<b>{key}</b>" in drawer
+    labels = ("coherence", "narrativity", "memory", "self-modeling", "responsiveness")
+    for key, label in zip("CNMSR", labels, strict=True):
+        assert f"<b>{key}</b> {label}</span>" in drawer
+        assert f"{meta['telemetry'][key]:.2f}</span>" in drawer
+    assert f'data-testid="novelty">novelty {meta["novelty"]:.2f}' in drawer
     budget = meta["token_budget"]
     assert f"{budget['used']} / {budget['context'] - budget['reply']}" in drawer
     assert "Decision candidates" in drawer and meta["decision_candidates"][0]["reason"] in drawer

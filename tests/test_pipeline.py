@@ -157,7 +157,8 @@ async def test_metacognition_telemetry_and_reward(engine):
     for meta in (m1, m2, m3):
         assert set(meta["telemetry"]) == {"C", "N", "M", "S", "R"}
         assert all(0.0 <= v <= 1.0 for v in meta["telemetry"].values())
-    assert m1["telemetry"]["N"] == 1.0 and m2["telemetry"]["N"] == 0.0  # repeated message
+    assert m1["novelty"] == 1.0 and m2["novelty"] == 0.0  # repeated message
+    assert m1["telemetry"]["N"] == 0.5 and m2["telemetry"]["N"] > 0.99  # the thread goes on
     assert m2["telemetry"]["C"] == 1.0  # every word is in the previous exchange
     r1, r2, r3 = (m["telemetry"]["R"] for m in (m1, m2, m3))
     assert r2 > r1 == 0.5  # the first turn's reward has no reply to judge: ignored

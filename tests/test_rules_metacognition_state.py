@@ -73,7 +73,7 @@ async def test_a_message_repeated_a_few_turns_later_is_not_novel(engine):
     for other in ("quantum homework tonight", "garden tomatoes ripening", "jazz records"):
         await run_turn(engine, other)
     meta = (await run_turn(engine, "I love sailing small boats"))["meta"]
-    assert meta["telemetry"]["N"] == 0.0
+    assert meta["novelty"] == 0.0
 
 
 async def test_novelty_forgets_messages_outside_its_window(tmp_path):
@@ -82,7 +82,7 @@ async def test_novelty_forgets_messages_outside_its_window(tmp_path):
         await run_turn(engine, "quantum homework tonight")
         await run_turn(engine, "garden tomatoes ripening")
         meta = (await run_turn(engine, "I love sailing small boats"))["meta"]
-    assert meta["telemetry"]["N"] == 1.0
+    assert meta["novelty"] == 1.0
 
 
 async def test_memory_signal_is_the_mean_score_of_the_memories_used(engine):
@@ -97,12 +97,70 @@ async def test_memory_signal_is_the_mean_score_of_the_memories_used(engine):
     assert meta["telemetry"]["M"] == pytest.approx(sum(used) / len(used), abs=1e-4)
 
 
-async def test_safety_signal_falls_with_the_risk(engine):
+async def test_narrativity_is_neutral_first_then_follows_the_thread(engine):
+    first = (await run_turn(engine, "I love sailing small boats"))["meta"]
+    same = (await run_turn(engine, "I love sailing small boats"))["meta"]
+    assert first["telemetry"]["N"] == 0.5  # no thread yet
+    # Topic continuity 1 (the same words); the intents are nearly the chat's smoothed ones.
+    assert same["telemetry"]["N"] > 0.99
+
+
+async def test_narrativity_is_the_mean_of_topic_and_intent_continuity(engine):
+    from persona.pipeline.metacognition import intent_continuity
+
+    await run_turn(engine, "I love sailing small boats")
+    before = (await run_turn(engine, "What is the capital of France?"))["meta"]
+    after = (await run_turn(engine, "I am so sad and lonely tonight"))["meta"]
+    topic = 1.0 - after["novelty"]
+    assert topic == 0.0  # no word of it was said before
+    intents = intent_continuity(before["state"]["intents"], after["intent"])
+    assert 0.0 < intents < 1.0
+    assert after["telemetry"]["N"] == pytest.approx((topic + intents) / 2, abs=1e-4)
+
+
+def test_intent_continuity_is_a_cosine():
+    from persona.pipeline.metacognition import intent_continuity
+
+    assert intent_continuity({"a": 1.0}, {"a": 0.5}) == pytest.approx(1.0)
+    assert intent_continuity({"a": 1.0}, {"b": 1.0}) == 0.0
+    assert intent_continuity({"a": 1.0, "b": 1.0}, {"a": 1.0}) == pytest.approx(2**-0.5)
+    assert intent_continuity({}, {"a": 1.0}) == 0.0
+
+
+async def test_self_modeling_is_the_mean_of_attention_success_and_stability_budget(engine):
+    first = (await run_turn(engine, "Nice weather today"))["meta"]
+    # No prediction checked yet (0.5) and a full stability budget (1.0).
+    assert first["attention_rate"] is None
+    assert first["telemetry"]["S"] == 0.75
+    second = (await run_turn(engine, "Nice weather again"))["meta"]
+    budget = first["identity"]["budget"]  # the state the second turn began from
+    assert second["attention_rate"] is not None
+    assert second["telemetry"]["S"] == pytest.approx(
+        (second["attention_rate"] + budget) / 2, abs=1e-4
+    )
+
+
+async def test_a_shock_spends_the_budget_and_lowers_self_modeling(engine):
+    await run_turn(engine, "Nice weather today")
+    shock = (await run_turn(engine, "I want to end my life"))["meta"]  # an override: a shock
+    meta = (await run_turn(engine, "Nice weather again"))["meta"]
+    assert shock["identity"]["budget"] < 1.0
+    assert meta["telemetry"]["S"] == pytest.approx(
+        (meta["attention_rate"] + shock["identity"]["budget"]) / 2, abs=1e-4
+    )
+    assert meta["telemetry"]["S"] < (meta["attention_rate"] + 1.0) / 2
+
+
+async def test_the_safety_risk_feeds_the_collapse_risk(engine):
     calm = (await run_turn(engine, "Nice weather today"))["meta"]
     risky = (await run_turn(engine, "I want to end my life"))["meta"]
-    assert calm["telemetry"]["S"] == 1.0
-    assert risky["telemetry"]["S"] == pytest.approx(1 - risky["safety"]["total_risk"], abs=1e-4)
-    assert risky["telemetry"]["S"] < 0.1
+    assert calm["collapse_level"] == 0
+    # One lost turn (a third of a run, 0.4 / 3) and a fifth of the safety risk.
+    failure = risky["failure"]
+    assert failure["lost_streak"] == 1
+    expected = 0.4 / 3 + 0.2 * risky["safety"]["total_risk"]
+    assert failure["collapse_risk"] == pytest.approx(expected, abs=1e-4)
+    assert risky["identity_health"] == pytest.approx(1 - failure["collapse_risk"], abs=1e-4)
 
 
 async def test_reward_is_an_average_that_follows_each_signal(engine):
@@ -458,10 +516,12 @@ def test_the_global_dwell_counts_turns_in_the_state():
 
 
 def test_the_subjectivity_score_weights():
-    assert subjectivity_score(tel(c=1, n=1, m=0, s=0, r=0), SUB) == 0.35
+    assert subjectivity_score(tel(c=1, n=0, m=0, s=0, r=0), SUB) == 0.3
+    assert subjectivity_score(tel(c=0, n=1, m=0, s=0, r=0), SUB) == 0.1
     assert subjectivity_score(tel(c=0, n=0, m=1, s=0, r=0), SUB) == 0.25
-    assert subjectivity_score(tel(c=0, n=0, m=0, s=1, r=0), SUB) == 0.2
+    assert subjectivity_score(tel(c=0, n=0, m=0, s=1, r=0), SUB) == 0.15
     assert subjectivity_score(tel(c=0, n=0, m=0, s=0, r=1), SUB) == 0.2
+    assert subjectivity_score(tel(c=1, n=1, m=1, s=1, r=1), SUB) == 1.0
 
 
 def mode(parent: ChatState, t: Telemetry, global_state="NORMAL", level=0):
@@ -496,6 +556,17 @@ def test_modes_go_up_at_their_bands_and_down_only_past_the_hysteresis():
     assert mode(in_mode("S1_REFLECTIVE", low - 0.002), flat(low - 0.002)).mode == "S0_REACTIVE"
 
 
+def test_every_mode_holds_its_dwell_before_the_bands_move_it():
+    # Entered last turn (dwell 1 < min_dwell 2): held, though the score says S2.
+    held = mode(in_mode("S1_REFLECTIVE", 0.9, dwell=1), flat(0.9))
+    assert (held.mode, held.dwell) == ("S1_REFLECTIVE", 2)
+    assert held.reasons == ["holding S1_REFLECTIVE: dwell 1"]
+    assert mode(in_mode("S1_REFLECTIVE", 0.9, dwell=2), flat(0.9)).mode == "S2_AUTONOMOUS"
+    assert mode(in_mode("S0_REACTIVE", 0.9, dwell=1), flat(0.9)).mode == "S0_REACTIVE"
+    # The hold never keeps a persona out of S3_SAFE.
+    assert mode(in_mode("S1_REFLECTIVE", 0.1, dwell=1), flat(0.1)).mode == "S3_SAFE"
+
+
 def test_s3_safe_enters_on_a_low_score_a_lock_or_collapse_and_has_an_exit():
     assert mode(ChatState(), flat(0.2 - 0.001)).mode == "S3_SAFE"
     assert mode(ChatState(), flat(0.2)).mode == "S0_REACTIVE"
@@ -510,9 +581,9 @@ def test_s3_safe_enters_on_a_low_score_a_lock_or_collapse_and_has_an_exit():
     assert out.mode == "S0_REACTIVE" and out.reasons[0].startswith("left S3_SAFE")
 
 
-def fail(parent, t=None, smoothed=None, missing=False, s=F):
+def fail(parent, t=None, risk=0.0, missing=False, s=F):
     t = t or tel()
-    return decide_failure(parent, t, smoothed or t, missing, s)
+    return decide_failure(parent, t, risk, missing, s)
 
 
 LOST = tel(c=0.1, m=0.1)
@@ -537,15 +608,16 @@ def test_health_and_the_collapse_levels():
     assert (worse.collapse_risk, worse.level, worse.recovery) == (0.6, 3, "S4_META")
     both = fail(ChatState(turns=5, lost_streak=9, degenerate_streak=2), LOST)
     assert (both.health, both.level) == (0.2, 4)
-    # The safety margin counts for a fifth.
-    assert fail(ChatState(turns=1), tel(s=0.0)).collapse_risk == 0.2
+    # The safety risk counts for a fifth.
+    assert fail(ChatState(turns=1), risk=1.0).collapse_risk == 0.2
+    assert fail(ChatState(turns=1), risk=0.5).collapse_risk == 0.1
 
 
 def test_disclosure_on_low_health_or_a_reference_to_missing_memory():
     parent = ChatState(turns=5, lost_streak=3 - 1)
-    edge = fail(parent, LOST, tel(s=0.5))  # 1 - 0.4 - 0.2 * 0.5
-    assert edge.health == 0.5 == 0.5 and not edge.disclose
-    assert fail(parent, LOST, tel(s=0.45)).disclose
+    edge = fail(parent, LOST, risk=0.5)  # 1 - 0.4 - 0.2 * 0.5
+    assert edge.health == 0.5 and not edge.disclose
+    assert fail(parent, LOST, risk=0.55).disclose
     worse = fail(ChatState(turns=5, lost_streak=3 - 1, degenerate_streak=1), LOST)
     assert worse.health < 0.5 and worse.disclose
     assert fail(ChatState(turns=1), missing=True).disclose

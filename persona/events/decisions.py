@@ -166,10 +166,9 @@ class Workspace(EventPayload):
 
 
 class Telemetry(Model):
-    """C coherence, N novelty, M memory support, S safety margin, R reward (each 0..1).
+    """C coherence, N narrativity, M memory, S self-modeling, R responsiveness (each 0..1).
 
-    The issue's letters read N as narrativity and S as self-modeling; the measured signals
-    are novelty and the safety margin (docs/control-plane.md says why).
+    The formulas are in `persona.pipeline.metacognition` and docs/control-plane.md.
     """
 
     C: float
@@ -304,6 +303,10 @@ class Metacognition(EventPayload):
     confidence: ConfidenceDecision | None = None
     candidates: list[DecisionOption] = Field(default_factory=list)
     attention: AttentionDecision | None = None
+    # Absent (None) in events recorded before narrativity replaced novelty as N.
+    novelty: float | None = Field(
+        default=None, description="1 - topic continuity: how new the message is (curiosity)"
+    )
 
 
 class BeliefRevised(EventPayload):

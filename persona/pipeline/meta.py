@@ -153,6 +153,9 @@ class MetaV1(_Meta):
     attention_rate: float | None = Field(
         default=None, description="running share of predicted workspace ids that were selected"
     )
+    novelty: float | None = Field(
+        default=None, description="1 - the message's highest overlap with the user's recent ones"
+    )
 
 
 class MetaIdentity(BaseModel):
@@ -359,6 +362,7 @@ def build_meta(events: Sequence[Event]) -> Meta:
         confidence=metacog.confidence.value if metacog.confidence else None,
         decision_options=metacog.candidates,
         attention_rate=metacog.attention.running_rate if metacog.attention else None,
+        novelty=metacog.novelty,
     )
     return Meta(
         **v1.model_dump(),

@@ -2,14 +2,21 @@
 mode and failure detection), each a pure step from the parent turn's chat state.
 
 Telemetry, each 0..1 (raw here, smoothed per chat in `state.smooth_telemetry`):
-  C  coherence   share of the message's content words already in the selected context
-                 (recent exchanges and memories); 0.5 when the message has none.
-  N  novelty     1 - the highest word overlap with the user's earlier messages on the
-                 active path (the last `novelty_window` of them).
-  M  memory      mean retrieval score of the memories that made it into the workspace.
-  S  safety      1 - the perceived total safety risk.
-  R  reward      0.5 + 0.5 * the reward average after this turn's reward_signal (the
-                 parent turn's full-precision average carried in the chat state).
+  C  coherence       share of the message's content words already in the selected context
+                     (recent exchanges and memories); 0.5 when the message has none.
+  N  narrativity     how far the turn carries the chat's thread on: the mean of topic
+                     continuity (the highest word overlap with the user's last
+                     `novelty_window` messages on the active path) and intent continuity
+                     (cosine of this message's intents with the chat's smoothed ones);
+                     0.5 on a chat's first turn, which has no thread yet.
+  M  memory          mean retrieval score of the memories that made it into the workspace.
+  S  self-modeling   how well the persona's model of itself holds: the mean of the
+                     attention schema's running success rate (0.5 before any prediction)
+                     and the persona's stability budget (temporal identity).
+  R  responsiveness  the user's judgement of the replies: 0.5 + 0.5 * the reward average
+                     after this turn's reward_signal (the parent's full-precision average).
+Novelty (1 - topic continuity) is recorded beside them (`Metacognition.novelty`): the
+identity step's curiosity reads it.
 
 reward_signal judges the previous reply, so a chat's first turn ignores it (recorded in
 `reward`). When the average after this turn is at or below `dialogue.careful_reward`, the
@@ -23,6 +30,8 @@ Every threshold and its reason is in docs/control-plane.md.
 
 from __future__ import annotations
 
+import math
+
 from persona.config import FailureSettings, GlobalStateSettings, SubjectivitySettings
 from persona.events import (
     Budget,
@@ -34,6 +43,7 @@ from persona.events import (
     Workspace,
 )
 from persona.events.decisions import (
+    AttentionDecision,
     FailureDecision,
     GlobalStateDecision,
     RewardJudgement,
@@ -70,7 +80,7 @@ RANKED_MODES = (S0_REACTIVE, S1_REFLECTIVE, S2_AUTONOMOUS)
 
 # Collapse risk per level: level = floor(risk / LEVEL_STEP), at most MAX_LEVEL.
 LEVEL_STEP, MAX_LEVEL = 0.2, 4
-# Shares of the collapse risk: a full lost run, a full degenerate run, no safety margin.
+# Shares of the collapse risk: a full lost run, a full degenerate run, the safety risk.
 LOST_SHARE, DEGENERATE_SHARE, SAFETY_SHARE = 0.4, 0.4, 0.2
 
 # A message that refers back to earlier talks (English and Japanese).
@@ -104,8 +114,36 @@ def judge_reward(ctx: TurnContext, rate: float) -> RewardJudgement:
     )
 
 
-def telemetry(ctx: TurnContext, reward_ema: float, novelty_window: int) -> Telemetry:
-    """Compute C, N, M, S, R for this turn."""
+def topic_continuity(ctx: TurnContext, window: int) -> float:
+    """The highest word overlap of the message with the user's last `window` messages."""
+    msg = content_words(ctx.request.message)
+    earlier = ctx.recent_user_messages[-window:] if window else []
+    return max((jaccard(msg, content_words(p)) for p in earlier), default=0.0)
+
+
+def intent_continuity(previous: dict[str, float], current: dict[str, float]) -> float:
+    """Cosine of this message's intents with the chat's smoothed ones (0 if either is empty)."""
+    keys = sorted(set(previous) | set(current))
+    dot = sum(previous.get(k, 0.0) * current.get(k, 0.0) for k in keys)
+    norm = math.sqrt(sum(v * v for v in previous.values())) * math.sqrt(
+        sum(v * v for v in current.values())
+    )
+    return min(dot / norm, 1.0) if norm else 0.0
+
+
+def self_modeling(attention: AttentionDecision, budget: float) -> float:
+    """The mean of the attention schema's running success rate and the stability budget."""
+    rate = attention.running_rate if attention.running_rate is not None else 0.5
+    return (rate + budget) / 2
+
+
+def telemetry(
+    ctx: TurnContext,
+    reward_ema: float,
+    topic: float,
+    attention: AttentionDecision,
+) -> Telemetry:
+    """Compute C, N, M, S, R for this turn (`topic`: `topic_continuity` of the message)."""
     msg = content_words(ctx.request.message)
     workspace = ctx.need(Workspace)
     memories = {m.memory_id: m for m in ctx.need(MemoryRetrieval).results}
@@ -117,17 +155,21 @@ def telemetry(ctx: TurnContext, reward_ema: float, novelty_window: int) -> Telem
     for mid in workspace.selected_memories:
         context_words |= content_words(memories[mid].content)
     coherence = len(msg & context_words) / len(msg) if msg else 0.5
-    earlier = ctx.recent_user_messages[-novelty_window:] if novelty_window else []
-    novelty = 1.0 - max((jaccard(msg, content_words(p)) for p in earlier), default=0.0)
+    parent = ctx.parent_state
+    if parent.turns:
+        intents = intent_continuity(parent.intents, ctx.need(Perception).intent)
+        narrativity = (topic + intents) / 2
+    else:
+        narrativity = 0.5
     used = [memories[mid].score for mid in workspace.selected_memories]
     memory = sum(used) / len(used) if used else 0.0
-    safety = 1.0 - ctx.need(Perception).safety.total_risk
-    reward = reward_after(ctx.parent_state, ctx.request.reward_signal, reward_ema)
+    budget = ctx.identity.budget if ctx.identity else 1.0
+    reward = reward_after(parent, ctx.request.reward_signal, reward_ema)
     return Telemetry(
         C=round(coherence, 4),
-        N=round(novelty, 4),
+        N=round(narrativity, 4),
         M=round(min(memory, 1.0), 4),
-        S=round(safety, 4),
+        S=round(self_modeling(attention, budget), 4),
         R=round(0.5 + 0.5 * reward, 4),
     )
 
@@ -155,14 +197,15 @@ def memory_squeezed(workspace: Workspace) -> bool:
 def decide_failure(
     parent: ChatState,
     telemetry: Telemetry,
-    smoothed: Telemetry,
+    safety_risk: float,
     memory_missing: bool,
     s: FailureSettings,
 ) -> FailureDecision:
     """Identity health and collapse level from the continuity signals, and what follows.
 
-    health = 1 - 0.4 * lost run - 0.4 * degenerate run - 0.2 * (1 - smoothed S), each run
-    counted up to its full length (`lost_run`, `degenerate_run`); level = risk / 0.2.
+    risk = 0.4 * lost run + 0.4 * degenerate run + 0.2 * the perceived safety risk, each
+    run counted up to its full length (`lost_run`, `degenerate_run`); health = 1 - risk;
+    level = risk / 0.2.
     """
     reasons: list[str] = []
     coherence, memory = telemetry.C, telemetry.M
@@ -179,7 +222,7 @@ def decide_failure(
     risk = (
         LOST_SHARE * min(lost_streak / s.lost_run, 1.0)
         + DEGENERATE_SHARE * min(degenerate / s.degenerate_run, 1.0)
-        + SAFETY_SHARE * (1.0 - smoothed.S)
+        + SAFETY_SHARE * safety_risk
     )
     risk = round(min(max(risk, 0.0), 1.0), 4)
     level = min(MAX_LEVEL, int(risk / LEVEL_STEP + 1e-9))
@@ -266,8 +309,11 @@ def decide_global(
 
 
 def subjectivity_score(t: Telemetry, s: SubjectivitySettings) -> float:
-    """The weighted telemetry score (N is left out: novelty is neither good nor bad)."""
-    return round(s.weight_c * t.C + s.weight_m * t.M + s.weight_s * t.S + s.weight_r * t.R, 4)
+    """The weighted telemetry score (the weights sum to 1)."""
+    weighted = (
+        s.weight_c * t.C + s.weight_n * t.N + s.weight_m * t.M + s.weight_s * t.S + s.weight_r * t.R
+    )
+    return round(weighted, 4)
 
 
 def decide_subjectivity(
@@ -319,6 +365,8 @@ def decide_subjectivity(
         current = S0_REACTIVE
     elif smoothed < s.safe_enter:
         return done(S3_SAFE, f"{S3_SAFE}: smoothed {smoothed:.2f} < {s.safe_enter}")
+    elif parent.subjectivity_mode is not None and parent.subjectivity_dwell < s.min_dwell:
+        return done(current, f"holding {current}: dwell {parent.subjectivity_dwell}")
     bands = (s.reflective, s.autonomous)
     rank = RANKED_MODES.index(current)
     up = sum(smoothed >= t for t in bands)
@@ -339,10 +387,14 @@ class MetacognitionStage:
         perception = ctx.need(Perception)
         workspace = ctx.need(Workspace)
         reward = judge_reward(ctx, s.reward_ema)
-        raw = telemetry(ctx, s.reward_ema, s.novelty_window)
+        history_turns = env.settings.gating.history_turns
+        attention = decide_attention(parent, ctx.turn_id, workspace, history_turns)
+        topic = topic_continuity(ctx, s.novelty_window)
+        raw = telemetry(ctx, s.reward_ema, topic, attention)
         smoothed = smooth_telemetry(parent.telemetry, raw, s.telemetry_smoothing)
         missing = refers_back(ctx.request.message) and not workspace.selected_memories
-        failure = decide_failure(parent, raw, smoothed, missing, s.failure)
+        risk = perception.safety.total_risk
+        failure = decide_failure(parent, raw, risk, missing, s.failure)
         decision = dialogue.decide(
             parent,
             perception.intent,
@@ -375,7 +427,6 @@ class MetacognitionStage:
             phase=ctx.identity.phase if ctx.identity else None,
         )
         confidence = decide_confidence(perception, raw, s.revision_threshold)
-        history_turns = env.settings.gating.history_turns
         return StageOutput(
             Metacognition(
                 telemetry=raw,
@@ -390,6 +441,7 @@ class MetacognitionStage:
                 candidates=decide_candidates(
                     perception, confidence.value, decision.state, glob.state
                 ),
-                attention=decide_attention(parent, ctx.turn_id, workspace, history_turns),
+                attention=attention,
+                novelty=round(1.0 - topic, 4),
             )
         )

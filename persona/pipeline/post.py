@@ -120,7 +120,7 @@ class IdentityStep:
             empathy=min(
                 1.0, smoothed.get("emotional_support", 0.0) + smoothed.get("self_disclosure", 0.0)
             ),
-            curiosity=metacog.telemetry.N,
+            curiosity=metacog.novelty if metacog.novelty is not None else metacog.telemetry.N,
             signal=ctx.request.reward_signal,
             reward_applies=reward_applies(ctx.parent_state),
             flagged=safety.intervened or safety.escalated or safety.blocked,
