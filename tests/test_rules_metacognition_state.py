@@ -681,6 +681,29 @@ async def test_a_question_about_the_past_without_memory_gets_the_disclosure_line
     assert "never invent them." not in backend.calls[-1][-2].content
 
 
+async def test_a_question_about_a_fact_still_in_view_gets_no_disclosure(engine, backend):
+    await run_turn(engine, "My dog Biscuit loves the beach")
+    meta = (await run_turn(engine, "Do you remember my dog Biscuit?"))["meta"]
+    # The first exchange is in the selected history: the fact is in view, not missing.
+    assert meta["telemetry"]["C"] >= 0.15
+    assert not meta["failure"]["memory_missing"] and not meta["failure"]["disclose"]
+    assert "never invent them." not in backend.calls[-1][-2].content
+
+
+def test_memory_missing_needs_a_reference_no_memory_and_low_coherence():
+    from persona.events import Budget, Workspace
+    from persona.pipeline.metacognition import memory_missing
+
+    budget = Budget(context=100, reply=10, message=5, available=85)
+    empty = Workspace(budget=budget, candidates=[], selected_memories=[], selected_history=[])
+    with_memory = empty.model_copy(update={"selected_memories": ["m1"]})
+    ask = "Do you remember my dog?"
+    assert memory_missing(ask, empty, tel(c=0.149), F)
+    assert not memory_missing(ask, empty, tel(c=0.15), F)
+    assert not memory_missing(ask, with_memory, tel(c=0.0), F)
+    assert not memory_missing("Tell me about dogs", empty, tel(c=0.0), F)
+
+
 async def test_meta_shows_raw_and_smoothed_telemetry_and_the_new_states(engine):
     first = (await run_turn(engine, "I love sailing small boats"))["meta"]
     assert first["telemetry_smoothed"] == first["telemetry"]
@@ -721,3 +744,35 @@ async def test_degenerate_replies_in_a_row_raise_the_collapse_risk_end_to_end(en
     assert streaks == [1, 2, 3, 0]  # a whole reply ends the run
     # Read from the parent's state: the second turn sees one, the third two (the cap).
     assert levels[0] == 0 and levels[2] > levels[1] > levels[0]
+
+
+# ---- terms in every script -------------------------------------------------------------
+
+
+def test_content_words_keep_accents_and_drop_short_and_stop_words():
+    from persona.pipeline.text import content_words
+
+    assert content_words("Do you remember my dog? Café au lait, niño") == {
+        "remember",
+        "dog",
+        "café",
+        "lait",
+        "niño",
+    }
+
+
+def test_japanese_terms_are_bigrams_without_pure_hiragana():
+    from persona.pipeline.text import cjk_terms, content_words
+
+    # 前回話したこと: 前回, 回話, 話し kept; した, たこ, こと (hiragana only) dropped.
+    assert cjk_terms("前回話したこと、覚えてる？") == {"前回", "回話", "話し", "覚え"}
+    assert cjk_terms("森") == {"森"} and cjk_terms("は") == set()
+    # Full-width Latin is normalized, and Latin words and Japanese terms mix.
+    assert content_words("ＰＡＳＴＡ　パスタ") == {"pasta", "パス", "スタ"}
+
+
+async def test_a_japanese_message_repeated_is_not_novel_and_in_context(engine):
+    await run_turn(engine, "パスタの作り方を教えて")
+    meta = (await run_turn(engine, "パスタの作り方を教えて"))["meta"]
+    assert meta["novelty"] == 0.0
+    assert meta["telemetry"]["C"] == 1.0  # every term is in the previous exchange

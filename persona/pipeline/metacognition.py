@@ -180,6 +180,16 @@ def refers_back(message: str) -> bool:
     return any(phrase in found for phrase in REFERS_BACK)
 
 
+def memory_missing(
+    message: str, workspace: Workspace, telemetry: Telemetry, s: FailureSettings
+) -> bool:
+    """The message refers back, no memory got in, and nothing in view speaks to it: its
+    coherence is under `low_coherence` (a fact still in the selected history is in view)."""
+    coherence = telemetry.C
+    in_view = coherence >= s.low_coherence
+    return refers_back(message) and not workspace.selected_memories and not in_view
+
+
 def message_share(budget: Budget) -> float:
     """The message's share of the prompt room (context window less the reply)."""
     room = budget.context - budget.reply
@@ -232,7 +242,10 @@ def decide_failure(
     health = round(1.0 - risk, 4)
     low_health = health < s.disclose_health
     if memory_missing:
-        reasons.append("continuity: the message refers back and no memory got in")
+        reasons.append(
+            "continuity: the message refers back and no memory got in"
+            f" (C {coherence:.2f} < {s.low_coherence})"
+        )
     if low_health:
         reasons.append(f"continuity: health {health:.2f} < {s.disclose_health}")
     return FailureDecision(
@@ -392,7 +405,7 @@ class MetacognitionStage:
         topic = topic_continuity(ctx, s.novelty_window)
         raw = telemetry(ctx, s.reward_ema, topic, attention)
         smoothed = smooth_telemetry(parent.telemetry, raw, s.telemetry_smoothing)
-        missing = refers_back(ctx.request.message) and not workspace.selected_memories
+        missing = memory_missing(ctx.request.message, workspace, raw, s.failure)
         risk = perception.safety.total_risk
         failure = decide_failure(parent, raw, risk, missing, s.failure)
         decision = dialogue.decide(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_WORD_RE = re.compile(r"[a-z0-9']+")
-
 STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have he her
     him his how i i'm if in into is it it's its just me my no not of on or our she so than
@@ -17,13 +15,38 @@ STOPWORDS = frozenset(
 
 
 def words(text: str) -> list[str]:
-    """Lower-case word tokens."""
-    return _WORD_RE.findall(text.lower())
+    """Lower-case word tokens of the space-separated scripts (NFKC; accents kept).
+
+    Chinese and Japanese runs are left out here: see `cjk_terms`.
+    """
+    return _TOKEN_RE.findall(_CJK_RUN_RE.sub(" ", normalize(text)))
+
+
+def cjk_terms(text: str) -> set[str]:
+    """Character bigrams of the Chinese/Japanese runs that hold a kanji or katakana.
+
+    These scripts have no spaces, so a bigram is the smallest unit that still carries a
+    word's meaning (前回, 覚え, パス); bigrams of hiragana alone are mostly grammar
+    (した, こと) and are left out, like English stop words.
+    """
+    terms: set[str] = set()
+    for run in _CJK_RUN_RE.findall(normalize(text)):
+        if len(run) == 1:
+            if not _HIRAGANA_RE.fullmatch(run):
+                terms.add(run)
+            continue
+        for i in range(len(run) - 1):
+            pair = run[i : i + 2]
+            if not _HIRAGANA_RE.fullmatch(pair):
+                terms.add(pair)
+    return terms
 
 
 def content_words(text: str) -> set[str]:
-    """Words that carry meaning: no stop words, at least three characters."""
-    return {w.strip("'") for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
+    """Terms that carry meaning: words of at least three characters that are not stop
+    words, and the Chinese/Japanese bigrams of `cjk_terms`."""
+    latin = {w.strip("'") for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
+    return latin | cjk_terms(text)
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -37,6 +60,8 @@ def jaccard(a: set[str], b: set[str]) -> float:
 # spaces, so a phrase in them matches as a substring instead of on word boundaries.
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]")
 _TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_CJK_RUN_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]+")
+_HIRAGANA_RE = re.compile(r"[\u3040-\u309f]+")
 
 
 def normalize(text: str) -> str:
