@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from persona.clock import FixedClock, iso
 from persona.config import LLMSettings, Settings
 from persona.engine import Engine
-from persona.events import MemoryWritten
+from persona.events import MemoryWritten, Utterance
 from persona.llm.base import GenOptions
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import TurnRequest
@@ -164,11 +164,17 @@ def memory_events(
                 payload=MemoryWritten(
                     memory_id=f"ep:{turn_id}",
                     persona_id=persona_id,
-                    kind="episodic",
+                    tier="L1",
+                    kind="exchange",
                     chat_id=chat_id,
                     turn_id=turn_id,
-                    content=f"User said: {user}\n{persona_name} replied: {reply}",
+                    content=f"{user}\n{reply}",
+                    said=[
+                        Utterance(role="user", name="User", text=user),
+                        Utterance(role="persona", name=persona_name, text=reply),
+                    ],
                     importance=round(rng.uniform(0.2, 0.9), 4),
+                    witnesses=["local"],  # the user the measured turns run as
                 ),
                 stream_id=f"chat:{chat_id}",
                 actor="episodic",

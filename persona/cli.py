@@ -176,6 +176,34 @@ def cmd_bench_control_plane(settings: Settings, args: argparse.Namespace) -> int
     return 0 if report.ok else 1
 
 
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--k takes numbers like 1,5,10: {text!r}") from exc
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError("--k takes positive numbers like 1,5,10")
+    return ks
+
+
+def cmd_eval_locomo(settings: Settings, args: argparse.Namespace) -> int:
+    """Recall@k of the memory write path and retrieval on a LoCoMo-format file."""
+    from persona.bench.locomo import LocomoError, evaluate
+
+    path = Path(args.path)
+    if not path.is_file():
+        raise CommandError(f"no file at {path}")
+    try:
+        report = evaluate(path, args.k, settings.memory)
+    except LocomoError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(report.as_json(), sort_keys=True))
+    else:
+        print(report.render())
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective configuration (secrets masked), where its files are, its hash."""
     from persona.pipeline.prompts import PromptSet
@@ -224,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite baseline.json beside the cases with this run (on purpose)",
     )
     control.set_defaults(fn=cmd_bench_control_plane)
+    evals = sub.add_parser("eval", help="evaluate against a data set").add_subparsers(
+        dest="eval", required=True
+    )
+    locomo = evals.add_parser("locomo", help="memory recall@k on a LoCoMo-format file")
+    locomo.add_argument("path", help="the LoCoMo-format JSON file")
+    locomo.add_argument("--k", type=_ks, default=[1, 5, 10], help="cut-offs (default 1,5,10)")
+    locomo.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    locomo.set_defaults(fn=cmd_eval_locomo)
     return parser
 
 

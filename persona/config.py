@@ -140,17 +140,29 @@ class PerceptionSettings(BaseModel):
 
 
 class MemorySettings(BaseModel):
-    """Memory retrieval: score = lexical*BM25 + recency + importance, best top_k kept."""
+    """Memory retrieval: ranked lists fused by weighted reciprocal rank, best top_k kept
+    (docs/memory.md)."""
 
     model_config = _SECTION
 
     top_k: int = Field(default=6, ge=0)
     recency_half_life_h: float = Field(default=72.0, gt=0)
-    weight_lexical: float = 0.6
-    weight_recency: float = 0.25
-    weight_importance: float = 0.15
+    # How the lists are fused: "score" (weighted scores, lexical-led) or "rrf" (weighted
+    # reciprocal rank). docs/memory.md has both formulas and what each measured.
+    fusion: Literal["score", "rrf"] = "score"
+    weight_lexical: float = Field(default=1.0, ge=0.0, description="rrf only")
+    weight_recency: float = Field(default=0.02, ge=0.0)
+    weight_importance: float = Field(default=0.02, ge=0.0)
+    weight_entity: float = Field(default=0.5, ge=0.0)
+    rrf_k: int = Field(default=60, ge=1)
+    # BM25 weight of the words around a memory (its `context` column; its own words: 1).
+    weight_context: float = Field(default=0.3, ge=0.0, le=1.0)
     fts_candidates: int = Field(default=50, ge=1)
-    recent_candidates: int = Field(default=20, ge=0)
+    # Newest memories added as candidates without a lexical match (belief revision widens
+    # it). 0 by default: unrelated recent memories crowded out relevant ones.
+    recent_candidates: int = Field(default=0, ge=0)
+    # A term matching more memories than this is dropped from the query (too common).
+    max_term_matches: int = Field(default=2000, ge=1)
 
 
 class GatingSettings(BaseModel):

@@ -16,7 +16,7 @@ from typing import Any
 from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
-from persona.events import MemoryWritten
+from persona.events import MemoryWritten, Utterance
 from persona.llm.scripted import ScriptedBackend
 from persona.storage.eventlog import NewEvent
 
@@ -86,8 +86,13 @@ async def seed_memories(engine: Engine, clock: FixedClock) -> None:
         memory = MemoryWritten(
             memory_id=seed.memory_id,
             persona_id=PERSONA_ID,
-            kind="episodic",
-            content=seed.content,
+            tier="L1",
+            kind="exchange",
+            content=seed.content.removeprefix("User said: "),
+            said=[
+                Utterance(role="user", name="User", text=seed.content.removeprefix("User said: "))
+            ],
+            witnesses=["local"],
             importance=seed.importance,
             chat_id=seed.chat_id,
         )

@@ -36,7 +36,7 @@ def test_defaults_are_safe():
     assert s.llm.local_model_path is None
     assert s.perception.use_classifier is False
     assert s.perception.safety_override_threshold == 0.6
-    assert (s.memory.top_k, s.memory.fts_candidates, s.memory.recent_candidates) == (6, 50, 20)
+    assert (s.memory.top_k, s.memory.fts_candidates, s.memory.recent_candidates) == (6, 50, 0)
     assert (s.gating.history_turns, s.gating.carry_bonus) == (12, 0.05)
     assert s.llm.context_window is None  # the backend's own: the local model's length
     assert (s.metacognition.reward_ema, s.metacognition.novelty_window) == (0.3, 20)

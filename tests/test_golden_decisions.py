@@ -147,10 +147,13 @@ async def test_stage_decisions_match_golden(tmp_path, golden, case: Case) -> Non
         if e.actor in POST_STAGES
     ]
     # Every post stage decides, except: no relationship move on a chat's first turn (its
-    # reward has no reply to judge), no in-story memory of an out-of-character message.
+    # reward has no reply to judge), no in-story memory of an out-of-character message,
+    # no access record when the prompt used no memory.
     skipped = {"relationship"} if not case.warm_up else set()
     if one(events, Perception).ooc:
         skipped.add("episodic")
+    if not one(events, Workspace).selected_memories:
+        skipped.add("memory_access")
     assert [p["stage"] for p in post] == [s for s in POST_STAGES if s not in skipped]
     check(golden, f"decisions/post/{case.name}.json", post)
 

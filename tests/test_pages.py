@@ -116,7 +116,8 @@ def test_user_and_model_text_is_escaped_in_the_page(
     assert_no_raw_markup(page)
     assert html.escape(XSS, quote=False) in page
     assert html.escape(XSS_REPLY, quote=False) in page
-    assert "User said: &lt;script&gt;" in page  # the drawer's memory text
+    # The drawer's memory text: what was said, escaped.
+    assert f'<div class="memory-text">{html.escape(XSS, quote=False)}' in page
 
 
 def test_invalid_ids_and_unknown_personas_get_html_error_pages(client: TestClient) -> None:

@@ -63,11 +63,18 @@ async def test_fold_builds_every_projection(db, engine):
     # The chat's head is its newest completed turn; the path runs back to the first.
     head = conn.execute("SELECT head_turn_id FROM chats WHERE chat_id = 'chat-1'").fetchone()[0]
     assert [t.depth for t in queries.active_path(conn, head, 10)] == [0, 1, 2, 3]
-    # The FTS index follows the memory table.
+    # The FTS index follows the memory table: its words, and the words around it (the two
+    # memories before it in its chat).
     hits = conn.execute(
-        "SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'lisbon'"
+        "SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'content:lisbon'"
     ).fetchone()
     assert hits[0] == 2
+    rows = conn.execute(
+        "SELECT content, context FROM memory WHERE tier = 'L1' ORDER BY rowid"
+    ).fetchall()
+    assert rows[0]["context"] == ""
+    assert rows[2]["context"] == f"{rows[0]['content']}\n{rows[1]['content']}"
+    assert rows[3]["context"] == f"{rows[1]['content']}\n{rows[2]['content']}"
 
 
 async def test_verify_after_a_multi_turn_conversation(db, engine, tmp_path):

@@ -80,7 +80,11 @@ async def test_a_log_replays_with_no_difference(
 
     assert report.ok, [d.render() for d in report.differences]
     assert report.turns == 6
-    assert report.decisions == 24  # perception, memory, gating, metacognition per turn
+    # Perception, memory, gating and metacognition per turn; per belief-revision round,
+    # memory, gating and metacognition again and the round's own record.
+    rounds = sum(1 for e in read_events(connect(settings.db_path)) if e.type == "belief.revised")
+    assert rounds > 0
+    assert report.decisions == 4 * 6 + 4 * rounds
     assert settings.db_path.read_bytes() == before  # reads only
 
 
@@ -156,4 +160,6 @@ def test_verify_replay_of_an_honest_log_exits_0(
     _cli_env(monkeypatch, settings.db_path)
 
     assert main(["verify", "--quiet", "--replay"]) == 0
-    assert "replay ok: 6 turn(s), 24 decisions identical" in capsys.readouterr().out
+    rounds = sum(1 for e in read_events(connect(settings.db_path)) if e.type == "belief.revised")
+    decisions = 4 * 6 + 4 * rounds
+    assert f"replay ok: 6 turn(s), {decisions} decisions identical" in capsys.readouterr().out

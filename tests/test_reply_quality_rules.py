@@ -233,7 +233,8 @@ async def test_a_reply_with_only_a_label_removed_is_still_remembered(engine, bac
     written = next(
         p for p in _events(engine, db, result["trace_id"]) if isinstance(p, MemoryWritten)
     )
-    assert written.content.endswith("replied: Nice to meet you, Sam.")
+    assert written.content == "I'm Sam\nNice to meet you, Sam."
+    assert written.said[1].text == "Nice to meet you, Sam."
 
 
 async def test_a_reply_copied_from_the_history_is_flagged_and_not_remembered(engine, backend):
@@ -440,6 +441,6 @@ async def test_a_reply_with_control_characters_is_stored_without_them(engine, ba
     assert (reply.reply, reply.raw_reply, reply.flags) == ("Hello Sam.", raw, ["control"])
     # What the next turn's prompt and the memory hold is the cleaned reply.
     written = next(p for p in payloads if isinstance(p, MemoryWritten))
-    assert written.content.endswith("replied: Hello Sam.")
+    assert written.content.endswith("\nHello Sam.") and written.said[1].text == "Hello Sam."
     await run_turn(engine, "and then?")
     assert backend.calls[-1][2].content == "Hello Sam."

@@ -173,7 +173,9 @@ def _events(engine, trace_id):  # type: ignore[no-untyped-def]
 async def test_revision_runs_at_most_two_rounds_each_an_event_and_replays(tmp_path):
     # Threshold 1.0: every turn is uncertain, so the rounds stop only at the limit (or
     # when a round changed nothing).
-    async with engine_with(tmp_path, metacognition={"revision_threshold": 1.0}) as engine:
+    async with engine_with(
+        tmp_path, metacognition={"revision_threshold": 1.0}, memory={"recent_candidates": 20}
+    ) as engine:
         await run_turn(engine, "I love sailing small boats on the lake")
         await run_turn(engine, "The lake was cold and the wind strong")
         result = await run_turn(engine, "what about the lake?")
@@ -223,7 +225,9 @@ async def test_no_revision_at_or_above_the_threshold(tmp_path):
 
 
 async def test_a_doctored_revision_round_is_reported(tmp_path):
-    async with engine_with(tmp_path, metacognition={"revision_threshold": 1.0}) as engine:
+    async with engine_with(
+        tmp_path, metacognition={"revision_threshold": 1.0}, memory={"recent_candidates": 20}
+    ) as engine:
         await run_turn(engine, "I love sailing small boats on the lake")
         await run_turn(engine, "The lake was cold and the wind strong")
         settings = engine.settings
@@ -268,13 +272,13 @@ async def test_attention_is_carried_in_the_chat_state(engine):
 
 
 async def test_a_round_that_changes_something_opens_a_second_and_never_a_third(tmp_path):
-    memory = {"fts_candidates": 1, "recent_candidates": 1}
+    memory = {"fts_candidates": 1}
     async with engine_with(
         tmp_path, metacognition={"revision_threshold": 1.0}, memory=memory
     ) as engine:
         for message in ("boats on the lake", "wind over the hills", "rain in the city"):
             await run_turn(engine, message)
-        result = await run_turn(engine, "snow on the lake and hills")
+        result = await run_turn(engine, "snow on the lake")
         rounds = [
             e.payload
             for e in _events(engine, result["trace_id"])

@@ -11,7 +11,7 @@ from helpers import engine_with, run_turn
 from persona.clock import parse_iso
 from persona.config import MemorySettings
 from persona.llm.scripted import ScriptedBackend
-from persona.pipeline.memory import rank
+from persona.pipeline.memory import fuse
 from persona.storage.queries import MemoryHit
 
 
@@ -48,60 +48,123 @@ async def test_a_memory_loses_half_its_recency_per_half_life(engine, clock):
     assert _retrieved(meta, kite["turn_id"])["recency"] == pytest.approx(0.25, abs=1e-3)
 
 
-async def test_the_score_weighs_relevance_recency_and_importance(engine, clock):
-    await run_turn(engine, "My sister Ana moved to Lisbon last spring", chat_id="a")
-    clock.advance(timedelta(days=3))
-    await run_turn(engine, "I feel so lonely tonight", chat_id="b")
-    meta = (await run_turn(engine, "Do you know where Ana lives now?", chat_id="c"))["meta"]
-    retrieved = meta["memory"]["retrieved"]
-    assert len(retrieved) == 2
-    for m in retrieved:
-        expected = 0.6 * m["lexical"] + 0.25 * m["recency"] + 0.15 * m["importance"]
-        assert m["score"] == pytest.approx(expected, abs=2e-4)
+def _hit(memory_id, lexical, created_at="2026-01-01T12:00:00.000000Z", importance=0.3, **kw):
+    return MemoryHit(memory_id, "words", importance, created_at, "c", lexical, **kw)
 
 
-async def test_relevance_beats_freshness(engine, clock):
+NOW = parse_iso("2026-01-01T12:00:00.000000Z")
+
+
+def test_the_default_score_is_lexical_led_weighted_fusion():
+    s = MemorySettings()
+    assert (s.fusion, s.weight_entity, s.weight_recency, s.weight_importance) == (
+        "score",
+        0.5,
+        0.02,
+        0.02,
+    )
+    hits = [
+        _hit("ep:a", 1.0, "2026-01-01T12:00:00.000000Z", importance=0.2),
+        _hit("ep:b", 0.8, "2026-01-01T12:00:00.000000Z", importance=0.9, entities='["Ana"]'),
+    ]
+    a, b = sorted(fuse(hits, NOW, frozenset({"ana"}), s), key=lambda r: r.memory_id)
+    best = 1 + 0.5 + 0.02 + 0.02
+    assert a.score == pytest.approx((1.0 + 0.02 * 1.0 + 0.02 * 0.2) / best, abs=1e-4)
+    # The shared name multiplies the lexical part: 0.8 * 1.5 beats 1.0.
+    assert b.score == pytest.approx((0.8 * 1.5 + 0.02 * 1.0 + 0.02 * 0.9) / best, abs=1e-4)
+    assert b.score > a.score
+
+
+def test_the_rrf_fusion_sums_weighted_reciprocal_ranks():
+    s = MemorySettings(fusion="rrf", weight_recency=0.25, weight_importance=0.15)
+    hits = [
+        _hit("ep:a", 1.0, "2025-12-01T12:00:00.000000Z", importance=0.2),
+        _hit("ep:b", 0.5, "2026-01-01T11:00:00.000000Z", importance=0.9),
+    ]
+    a, b = fuse(hits, NOW, frozenset(), s)
+    best = (1.0 + 0.25 + 0.15 + 0.5) / 61
+    # a: lexical 1st, recency 2nd, importance 2nd; b: lexical 2nd, recency 1st, importance 1st.
+    assert a.memory_id == "ep:a"
+    assert a.score == pytest.approx((1.0 / 61 + 0.25 / 62 + 0.15 / 62) / best, abs=1e-4)
+    assert b.score == pytest.approx((1.0 / 62 + 0.25 / 61 + 0.15 / 61) / best, abs=1e-4)
+    assert (a.lexical, b.lexical) == (1.0, 0.5)
+
+
+def test_a_name_the_message_mentions_lifts_the_memory_that_names_it():
+    s = MemorySettings()
+    hits = [
+        _hit("ep:a", 1.0),
+        _hit("ep:b", 0.9, said='[{"role": "other", "name": "Ana", "text": "words"}]'),
+        _hit("ep:c", 0.8, entities='["Lisbon"]'),
+    ]
+    ranked = fuse(hits, NOW, frozenset({"ana", "lisbon"}), s)
+    # 0.9 * (1 + 0.5 * 0.5) = 1.125 and 0.8 * 1.25 = 1.0 against 1.0 for ep:a (tie: id).
+    assert [r.memory_id for r in ranked] == ["ep:b", "ep:a", "ep:c"]
+    assert [r.entity for r in ranked] == [0.5, 0.0, 0.5]
+    # Without the entity weight the lexical order stands.
+    plain = fuse(hits, NOW, frozenset({"ana", "lisbon"}), s.model_copy(update={"weight_entity": 0}))
+    assert [r.memory_id for r in plain] == ["ep:a", "ep:b", "ep:c"]
+
+
+async def test_relevance_beats_freshness_and_unrelated_news_is_no_candidate(engine, clock):
     old = await run_turn(engine, "My sister Ana moved to Lisbon last spring", chat_id="a")
     clock.advance(timedelta(days=30))
-    fresh = await run_turn(engine, "I had pasta for lunch", chat_id="b")
+    await run_turn(engine, "I had pasta for lunch", chat_id="b")
     meta = (await run_turn(engine, "Do you know where Ana lives now?", chat_id="c"))["meta"]
-    first, second = meta["memory"]["retrieved"][:2]
-    assert first["memory_id"] == f"ep:{old['turn_id']}"
-    assert second["memory_id"] == f"ep:{fresh['turn_id']}"
-    assert first["recency"] < 0.01 < 0.99 < second["recency"]
+    retrieved = meta["memory"]["retrieved"]
+    assert [m["memory_id"] for m in retrieved] == [f"ep:{old['turn_id']}"]
+    assert retrieved[0]["recency"] < 0.01
+
+
+def test_between_equally_relevant_memories_the_newer_wins():
+    old = _hit("ep:a", 1.0, "2025-12-01T12:00:00.000000Z")
+    new = _hit("ep:b", 1.0, "2026-01-01T11:00:00.000000Z")
+    assert [r.memory_id for r in fuse([old, new], NOW, frozenset(), MemorySettings())] == [
+        "ep:b",
+        "ep:a",
+    ]
+    # ... but a little more relevance beats any freshness (0.02 of recency at most).
+    better = _hit("ep:a", 1.0, "2025-12-01T12:00:00.000000Z")
+    fresher = _hit("ep:b", 0.97, "2026-01-01T12:00:00.000000Z")
+    ranked = fuse([better, fresher], NOW, frozenset(), MemorySettings())
+    assert [r.memory_id for r in ranked] == ["ep:a", "ep:b"]
 
 
 def test_ties_are_broken_by_memory_id_so_replays_agree():
-    def hit(memory_id: str) -> MemoryHit:
-        return MemoryHit(memory_id, "same words", 0.3, "2026-01-01T12:00:00.000000Z", "c", 1.0)
-
-    now = parse_iso("2026-01-01T12:00:00.000000Z")
-    ranked = rank([hit("ep:b"), hit("ep:c"), hit("ep:a")], now, MemorySettings())
-    assert len({r.score for r in ranked}) == 1
+    ranked = fuse(
+        [_hit("ep:b", 1.0), _hit("ep:c", 1.0), _hit("ep:a", 1.0)],
+        NOW,
+        frozenset(),
+        MemorySettings(),
+    )
     assert [r.memory_id for r in ranked] == ["ep:a", "ep:b", "ep:c"]
 
 
 async def test_the_best_memories_are_kept_up_to_top_k(engine, tmp_path):
     for i in range(8):
         await run_turn(engine, f"note number {i} about gardening", chat_id=f"g{i}")
-    meta = (await run_turn(engine, "hmm", chat_id="q"))["meta"]
+    meta = (await run_turn(engine, "gardening", chat_id="q"))["meta"]
     assert len(meta["memory"]["retrieved"]) == 6
     scores = [m["score"] for m in meta["memory"]["retrieved"]]
     assert scores == sorted(scores, reverse=True)
     async with engine_with(tmp_path, memory={"top_k": 2}) as small:
         for i in range(4):
             await run_turn(small, f"note number {i} about gardening", chat_id=f"g{i}")
-        meta = (await run_turn(small, "hmm", chat_id="q"))["meta"]
+        meta = (await run_turn(small, "gardening", chat_id="q"))["meta"]
     assert len(meta["memory"]["retrieved"]) == 2
 
 
-async def test_the_newest_memories_are_offered_when_no_word_matches(engine):
-    ids = [(await run_turn(engine, f"note {w}", chat_id=w))["turn_id"] for w in ("alpha", "beta")]
+async def test_no_word_in_common_means_no_memory_unless_recent_ones_are_asked_for(engine, tmp_path):
+    for w in ("alpha", "beta"):
+        await run_turn(engine, f"note {w}", chat_id=w)
     meta = (await run_turn(engine, "ok", chat_id="q"))["meta"]
-    assert meta["memory"]["query"] is None
+    assert meta["memory"]["query"] is None and meta["memory"]["retrieved"] == []
+    async with engine_with(tmp_path, memory={"recent_candidates": 5}) as wide:
+        ids = [(await run_turn(wide, f"note {w}", chat_id=w))["turn_id"] for w in ("alpha", "beta")]
+        meta = (await run_turn(wide, "ok", chat_id="q"))["meta"]
     retrieved = meta["memory"]["retrieved"]
     assert {m["memory_id"] for m in retrieved} == {f"ep:{i}" for i in ids}
-    assert all(m["lexical"] == 0.0 and m["used"] for m in retrieved)
+    assert all(m["lexical"] == 0.0 for m in retrieved)
 
 
 async def test_every_memory_that_mentions_the_words_counts_as_relevant(engine):
@@ -110,6 +173,17 @@ async def test_every_memory_that_mentions_the_words_counts_as_relevant(engine):
     meta = (await run_turn(engine, "kites", chat_id="q"))["meta"]
     assert len(meta["memory"]["retrieved"]) == 4
     assert all(m["lexical"] > 0 for m in meta["memory"]["retrieved"])
+
+
+async def test_a_term_matching_too_many_memories_is_dropped(tmp_path):
+    async with engine_with(tmp_path, memory={"max_term_matches": 3}) as engine:
+        for i in range(4):
+            await run_turn(engine, f"weather report {i}", chat_id=f"w{i}")
+        rare = await run_turn(engine, "weather and the albatross", chat_id="x")
+        meta = (await run_turn(engine, "weather albatross", chat_id="q"))["meta"]
+    # "weather" is in 5 memories (> 3): dropped; "albatross" finds the one that matters.
+    assert meta["memory"]["dropped_terms"] == ["weather"]
+    assert [m["memory_id"] for m in meta["memory"]["retrieved"]] == [f"ep:{rare['turn_id']}"]
 
 
 # ---- gating ------------------------------------------------------------------------
@@ -172,10 +246,14 @@ async def test_a_memory_the_last_turn_used_gets_a_continuity_bonus(engine):
     assert held in first["meta"]["state"]["workspace"]
     meta = (await run_turn(engine, "zebras again please", chat_id="b"))["meta"]
     carried = _candidate(meta, held)
-    assert carried["priority"] == pytest.approx(_retrieved(meta, zebra["turn_id"])["score"] + 0.05)
+    score = _retrieved(meta, zebra["turn_id"])["score"]
+    # A memory's priority is 0.9 x its score; the carried one gets the 0.05 bonus on top.
+    assert carried["priority"] == pytest.approx(0.9 * score + 0.05, abs=1e-4)
     # The memory the previous turn did not hold competes on its score alone.
     fresh = _candidate(meta, f"ep:{first['turn_id']}")
-    assert fresh["priority"] == _retrieved(meta, first["turn_id"])["score"]
+    assert fresh["priority"] == pytest.approx(
+        0.9 * _retrieved(meta, first["turn_id"])["score"], abs=1e-4
+    )
 
 
 async def test_a_memory_of_an_exchange_still_in_the_history_is_left_out(engine, backend):

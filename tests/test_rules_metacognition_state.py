@@ -88,7 +88,7 @@ async def test_novelty_forgets_messages_outside_its_window(tmp_path):
 async def test_memory_signal_is_the_mean_score_of_the_memories_used(engine):
     await run_turn(engine, "My sister Ana moved to Lisbon", chat_id="a")
     await run_turn(engine, "Ana bakes bread on Sundays", chat_id="c")
-    await run_turn(engine, "hello there", chat_id="b")
+    await run_turn(engine, "hello there, Ana", chat_id="b")
     meta = (await run_turn(engine, "Where does Ana live?", chat_id="b"))["meta"]
     retrieved = meta["memory"]["retrieved"]
     used = [m["score"] for m in retrieved if m["used"]]

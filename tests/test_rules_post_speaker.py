@@ -19,9 +19,8 @@ async def test_the_episodic_memory_holds_both_sides_of_the_exchange(engine, back
     meta = (await run_turn(engine, "was anything painted", chat_id="b"))["meta"]
     top = meta["memory"]["retrieved"][0]
     assert top["memory_id"] == f"ep:{told['turn_id']}" and top["lexical"] == 1.0
-    assert top["content"] == (
-        "User said: Describe the lighthouse\nMira replied: The lighthouse is painted red and white."
-    )
+    # What was said, without speaker labels (who said it is kept as data, in `said`).
+    assert top["content"] == "Describe the lighthouse\nThe lighthouse is painted red and white."
 
 
 async def test_a_memory_keeps_the_importance_perceived_when_it_was_said(engine):

@@ -39,7 +39,14 @@ from persona.events.decisions import (
     Workspace,
 )
 from persona.events.identity import IdentityState, IdentityUpdated, OperatorOverride
-from persona.events.memory import MemoryWritten
+from persona.events.memory import (
+    MemoryAccessed,
+    MemoryDeleted,
+    MemoryEdited,
+    MemoryPinned,
+    MemoryWritten,
+    Utterance,
+)
 from persona.events.persona import PersonaCreated, PersonaFields, PersonaRevised
 from persona.events.queue import TurnQueued
 from persona.events.relationship import EdgeAsserted
@@ -61,6 +68,7 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     BeliefRevised,
     ReplyCompleted,
     MemoryWritten,
+    MemoryAccessed,
     EdgeAsserted,
     TelemetryRecorded,
     ChatStateRecorded,
@@ -68,6 +76,9 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     OperatorOverride,
     TurnCompleted,
     TurnFailed,
+    MemoryEdited,
+    MemoryPinned,
+    MemoryDeleted,
 )
 
 CATALOG = Catalog(EVENT_TYPES)
@@ -90,6 +101,10 @@ __all__ = [
     "Generation",
     "IdentityState",
     "IdentityUpdated",
+    "MemoryAccessed",
+    "MemoryDeleted",
+    "MemoryEdited",
+    "MemoryPinned",
     "MemoryRetrieval",
     "MemoryWritten",
     "Metacognition",
@@ -113,5 +128,6 @@ __all__ = [
     "UnknownEventType",
     "UpcastError",
     "Upcaster",
+    "Utterance",
     "Workspace",
 ]

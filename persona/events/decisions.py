@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from persona.events.base import EventPayload, Model
+from persona.events.memory import Utterance
 from persona.events.state import canonical_state
 
 
@@ -115,10 +116,16 @@ class RetrievedMemory(Model):
     memory_id: str
     content: str
     chat_id: str | None = None
-    score: float
-    lexical: float
-    recency: float
+    score: float = Field(description="the fused score, 0..1 (1: first in every list)")
+    lexical: float = Field(description="BM25 relative to the best match, 0..1")
+    recency: float = Field(description="exponential decay in chat-clock hours, 1 = now")
     importance: float
+    entity: float = Field(default=0.0, description="share of the message's names it mentions")
+    tier: str = "L1"
+    kind: str = "exchange"
+    said: list[Utterance] = Field(default_factory=list, description="who said what")
+    created_at: str | None = Field(default=None, description="chat time it was written")
+    source_ref: str | None = None
 
 
 class MemoryRetrieval(EventPayload):
@@ -130,6 +137,12 @@ class MemoryRetrieval(EventPayload):
     candidates: int = Field(ge=0)
     core: CoreMemory | None
     results: list[RetrievedMemory]
+    dropped_terms: list[str] = Field(
+        default_factory=list, description="terms matching too many memories to help"
+    )
+    pinned: list[CoreMemory] = Field(
+        default_factory=list, description="memories the user pinned to L3: always in context"
+    )
 
 
 class Budget(Model):

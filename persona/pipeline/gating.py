@@ -18,7 +18,14 @@ from typing import Literal
 from persona.events import Budget, GateDecision, MemoryRetrieval, Perception, Workspace
 from persona.llm.base import ChatMessage
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext, TurnRequest
-from persona.pipeline.layout import PromptParts, hard_safety, layout, memory_text, soft_safety
+from persona.pipeline.layout import (
+    PromptParts,
+    hard_safety,
+    layout,
+    memory_text,
+    pinned_notes,
+    soft_safety,
+)
 from persona.pipeline.perception import is_ooc, safety_risk
 from persona.pipeline.post import episodic_id
 from persona.storage.queries import PathTurn, PersonaRow
@@ -26,6 +33,9 @@ from persona.storage.queries import PathTurn, PersonaRow
 # Recency of history: the newest exchange starts here and each older one loses a step.
 HISTORY_TOP = 0.95
 HISTORY_STEP = 0.04
+# A memory's priority is its fused score scaled to this: the best possible memory (first
+# in every retrieval list) still ranks below the latest exchange, which the reply needs.
+MEMORY_TOP = 0.9
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ def candidates(ctx: TurnContext, memory: MemoryRetrieval, carry_bonus: float) ->
             Candidate(
                 "memory",
                 m.memory_id,
-                round(m.score + bonus, 4),
+                round(MEMORY_TOP * m.score + bonus, 4),
                 memory_text(m),
                 redundant=m.memory_id in in_history,
             )
@@ -106,6 +116,7 @@ def base_parts(ctx: TurnContext) -> PromptParts:
     return PromptParts(
         persona=ctx.persona,
         message=ctx.request.message,
+        pinned=pinned_notes(ctx.need(MemoryRetrieval)),
         safety_override=hard_safety(perception.safety),
         safety_soft=soft_safety(perception.safety),
         ooc=perception.ooc,

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from persona.events import RetrievedMemory, Safety
+from persona.events import MemoryRetrieval, RetrievedMemory, Safety
 from persona.llm.base import ChatMessage
 from persona.pipeline.dialogue import LONGEST_STATE_LINE, META
-from persona.pipeline.notes import memory_note
+from persona.pipeline.notes import memory_note, said_note
 from persona.pipeline.prompts import PromptSet
 from persona.pipeline.revision import CLARIFY, SHORT
 from persona.storage.queries import PathTurn, PersonaRow
@@ -52,6 +52,7 @@ class PromptParts:
     message: str
     history: Sequence[PathTurn] = ()
     memories: Sequence[str] = ()
+    pinned: Sequence[str] = ()  # L3 memories the user pinned: always in the identity
     safety_override: bool = False  # hard: the crisis note (escalated, or blocked)
     safety_soft: bool = False  # soft: intervened but not escalated, a gentler tone
     ooc: bool = False
@@ -73,8 +74,13 @@ class PromptParts:
 
 def memory_text(memory: RetrievedMemory) -> str:
     """How a retrieved memory reads in the prompt: a short third-person note, never a
-    transcript the model would continue (see `notes.memory_note`)."""
-    return memory_note(memory.content)
+    transcript the model would continue (see `notes.said_note`)."""
+    return said_note(memory.said) if memory.said else memory_note(memory.content)
+
+
+def pinned_notes(memory: MemoryRetrieval) -> tuple[str, ...]:
+    """The pinned (L3) memories as the identity shows them, oldest first."""
+    return tuple(note for note in (memory_note(m.content) for m in memory.pinned) if note)
 
 
 def traits_text(traits: dict[str, float]) -> str:
@@ -135,7 +141,10 @@ def turn_note(parts: PromptParts, prompts: PromptSet) -> str:
 def layout(parts: PromptParts, prompts: PromptSet, late_system_ok: bool) -> list[ChatMessage]:
     """The messages the model sees, in cache-friendly order."""
     identity = prompts.render(
-        "system.j2", persona=parts.persona, traits=traits_text(parts.persona.traits)
+        "system.j2",
+        persona=parts.persona,
+        traits=traits_text(parts.persona.traits),
+        pinned=list(parts.pinned),
     )
     note = turn_note(parts, prompts)
     messages = [ChatMessage(role="system", content=identity)]

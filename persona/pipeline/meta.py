@@ -89,6 +89,8 @@ class MetaRetrieved(_Meta):
     importance: float
     used: bool
     content: str = Field(description="the first 280 characters")
+    entity: float = Field(default=0.0, description="share of the message's names it mentions")
+    tier: str = "L1"
 
 
 class MetaMemory(_Meta):
@@ -98,6 +100,10 @@ class MetaMemory(_Meta):
     core: str | None
     retrieved: list[MetaRetrieved]
     written: str | None
+    dropped_terms: list[str] = Field(
+        default_factory=list, description="query terms too common to search with"
+    )
+    pinned: list[str] = Field(default_factory=list, description="pinned L3 memory ids")
 
 
 class MetaEdge(_Meta):
@@ -344,10 +350,14 @@ def build_meta(events: Sequence[Event]) -> Meta:
                     importance=m.importance,
                     used=m.memory_id in selected,
                     content=m.content[:280],
+                    entity=m.entity,
+                    tier=m.tier,
                 )
                 for m in memory.results
             ],
             written=written.memory_id if written else None,
+            dropped_terms=memory.dropped_terms,
+            pinned=[m.memory_id for m in memory.pinned],
         ),
         timing_ms=timing(events),
         meta_version=META_VERSION,

@@ -10,7 +10,9 @@ earlier words are left out: they add little, and a bad reply would be repeated.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+from persona.events.memory import Utterance
 from persona.pipeline.text import STOPWORDS
 
 MAX_WORDS = 30  # a note keeps at most this many words of what the user said
@@ -124,3 +126,19 @@ def memory_note(content: str, persona_name: str | None = None) -> str:
         return f"The user asked: {note}"
     note = note if note.endswith((".", "!", "…", '"', "”")) else f"{note}."
     return f"The user said {note}"
+
+
+def said_note(said: Sequence[Utterance]) -> str:
+    """A note from who-said-what: the user's words as `memory_note` words them; someone
+    else's (an observed conversation) as "<Name> said: …"; the persona's own are left
+    out, as in `memory_note`."""
+    user = " ".join(u.text for u in said if u.role == "user")
+    if user.strip():
+        return memory_note(f"User said: {user}")
+    others = [u for u in said if u.role == "other" and u.text.strip()]
+    if not others:
+        return ""
+    first = others[0]
+    text = " ".join(first.text.split())
+    sentences = [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
+    return f"{first.name} said: {_shorten(sentences)}"

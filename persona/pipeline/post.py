@@ -7,19 +7,23 @@ update) and returns the events to append atomically with the reply and completio
 
 from __future__ import annotations
 
+from persona.clock import iso
 from persona.events import (
     ChatStateRecorded,
     EdgeAsserted,
     IdentityUpdated,
+    MemoryAccessed,
     MemoryWritten,
     Metacognition,
     Perception,
     ReplyCompleted,
     TelemetryRecorded,
+    Utterance,
     Workspace,
 )
 from persona.pipeline import identity
 from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, TurnContext
+from persona.pipeline.extract import entities
 from persona.pipeline.reply_check import DEGENERATE
 from persona.pipeline.state import reward_applies, step
 
@@ -30,6 +34,29 @@ AFFINITY_REL = "talks_with"
 def episodic_id(turn_id: str) -> str:
     """The id of the episodic memory a turn writes (links memory and turn)."""
     return f"ep:{turn_id}"
+
+
+class MemoryAccess:
+    """Record which memories the turn's prompt used (last accessed, access count).
+
+    After the reply, like every write: the stream's first token never waits for it.
+    """
+
+    name = "memory_access"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        used = ctx.need(Workspace).selected_memories
+        if not used:
+            return []
+        return [
+            Emit(
+                MemoryAccessed(
+                    persona_id=ctx.request.persona_id,
+                    turn_id=ctx.turn_id,
+                    memory_ids=list(used),
+                )
+            )
+        ]
 
 
 class EpisodicWrite:
@@ -46,20 +73,28 @@ class EpisodicWrite:
         reply = ctx.get(ReplyCompleted)
         if reply is not None and DEGENERATE.intersection(reply.flags):
             return []
-        if ctx.need(Perception).ooc:
+        perception = ctx.need(Perception)
+        if perception.ooc:
             return []  # out of character: it steers the story, it is not part of it
         return [
             Emit(
                 MemoryWritten(
                     memory_id=episodic_id(ctx.turn_id),
                     persona_id=ctx.request.persona_id,
-                    kind="episodic",
+                    tier="L1",
+                    kind="exchange",
                     chat_id=ctx.request.chat_id,
                     turn_id=ctx.turn_id,
-                    content=(
-                        f"User said: {ctx.request.message}\n{ctx.persona.name} replied: {ctx.reply}"
-                    ),
-                    importance=ctx.need(Perception).importance,
+                    content=f"{ctx.request.message}\n{ctx.reply}",
+                    said=[
+                        Utterance(role="user", name="User", text=ctx.request.message),
+                        Utterance(role="persona", name=ctx.persona.name, text=ctx.reply),
+                    ],
+                    importance=perception.importance,
+                    importance_score=perception.importance_score,
+                    entities=entities(f"{ctx.request.message}\n{ctx.reply}"),
+                    witnesses=[ctx.request.user_id],
+                    valid_from=iso(ctx.now),
                 )
             )
         ]
@@ -190,6 +225,7 @@ class StateStep:
 
 # The built-in post-reply stages, in order (registered like the pre-reply ones).
 DEFAULT_POST_STAGES: tuple[PostStage, ...] = (
+    MemoryAccess(),
     EpisodicWrite(),
     Relationship(),
     IdentityStep(),

@@ -18,8 +18,8 @@ metacognition re-run (at most MAX_ROUNDS rounds), each round widened: round r as
 (1 + r) times the lexical and recent memory candidates (top_k stays) and adds the
 content words of the previous exchange (the parent turn's message and reply) to the
 query. A round runs only while the last confidence is still below the threshold, only
-when it can find something new (terms to add, or the persona may hold more memories than
-were candidates), and a second one only when the first changed something. Each round is a
+when it can find something new (terms to add, or the last search was cut at its candidate
+limit), and a second one only when the first changed something. Each round is a
 `belief.revised` event after its own stage events; the last round's decisions are the
 turn's (the speaker, the chat state and meta read those).
 Every weight and its reason is in docs/control-plane.md.
@@ -162,9 +162,9 @@ def open_round(ctx: TurnContext, env: StageEnv) -> BeliefRevised | None:
         mine = set(search_terms(ctx.request.message))
         words = search_terms(previous.user_message + " " + previous.reply)
         added = [w for w in words if w not in mine][:MAX_TERMS]
-    if not added and ctx.need(MemoryRetrieval).candidates < s.recent_candidates:
-        # Every memory of the persona is a candidate already and no term is added:
-        # a wider search cannot find anything new.
+    if not added and ctx.need(MemoryRetrieval).candidates < s.fts_candidates + s.recent_candidates:
+        # The search was not cut short (fewer candidates than it asked for) and no term is
+        # added: a wider search cannot find anything new.
         return None
     return BeliefRevised(
         round=round_,

@@ -22,6 +22,7 @@ from persona.pipeline.layout import (
     hard_safety,
     layout,
     memory_text,
+    pinned_notes,
     soft_safety,
 )
 from persona.pipeline.metacognition import SILENT as SILENT_STATE
@@ -98,6 +99,7 @@ def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
         message=ctx.request.message,
         history=tuple(selected_history(ctx, workspace)),
         memories=tuple(memory_text(memories[mid]) for mid in workspace.selected_memories),
+        pinned=pinned_notes(ctx.need(MemoryRetrieval)),
         safety_override=hard_safety(perception.safety),
         safety_soft=soft_safety(perception.safety),
         ooc=perception.ooc,

@@ -35,6 +35,7 @@ from persona.events import (
     TurnStarted,
     Workspace,
 )
+from persona.events.memory import MemoryAccessed, MemoryDeleted, MemoryEdited, MemoryPinned
 from persona.storage.eventlog import Event
 
 P = TypeVar("P", bound=EventPayload)
@@ -60,6 +61,7 @@ def persona_created(conn: sqlite3.Connection, e: Event, p: PersonaCreated) -> No
         MemoryWritten(
             memory_id=f"core:{p.persona_id}",
             persona_id=p.persona_id,
+            tier="L3",
             kind="core",
             content=p.genesis,
             importance=1.0,
@@ -76,16 +78,7 @@ def persona_revised(conn: sqlite3.Connection, e: Event, p: PersonaRevised) -> No
         (c.name, c.description, c.genesis, _json(c.traits), _at(e), p.persona_id),
     )
     # The core memory follows the genesis (its FTS row too).
-    row = conn.execute(
-        "SELECT rowid, content FROM memory WHERE memory_id = ?", (f"core:{p.persona_id}",)
-    ).fetchone()
-    if row is not None and row[1] != c.genesis:
-        conn.execute(
-            "INSERT INTO memory_fts (memory_fts, rowid, content) VALUES ('delete', ?, ?)",
-            (row[0], row[1]),
-        )
-        conn.execute("UPDATE memory SET content = ? WHERE rowid = ?", (c.genesis, row[0]))
-        conn.execute("INSERT INTO memory_fts (rowid, content) VALUES (?, ?)", (row[0], c.genesis))
+    _set_content(conn, f"core:{p.persona_id}", c.genesis)
 
 
 def chat_started(conn: sqlite3.Connection, e: Event, p: ChatStarted) -> None:
@@ -253,24 +246,113 @@ def _insert_message(
     )
 
 
+# An L1 memory is indexed with the words of this many memories before it in its chat.
+CONTEXT_MEMORIES = 2
+
+
+def _context(conn: sqlite3.Connection, p: MemoryWritten) -> str:
+    """The words of the memories written just before this one in the same chat: a
+    question about a moment often shares its words with the lines around the answer."""
+    if p.tier != "L1" or p.chat_id is None:
+        return ""
+    rows = conn.execute(
+        "SELECT content FROM memory WHERE chat_id = ? AND persona_id = ? AND tier = 'L1'"
+        " ORDER BY rowid DESC LIMIT ?",
+        (p.chat_id, p.persona_id, CONTEXT_MEMORIES),
+    ).fetchall()
+    return "\n".join(r[0] for r in reversed(rows))
+
+
 def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None:
+    witnesses = list(p.witnesses)
+    if not witnesses and p.chat_id is not None and p.tier == "L1":
+        # Written before witnesses were recorded: the chat's user was there.
+        row = conn.execute("SELECT user_id FROM chats WHERE chat_id = ?", (p.chat_id,)).fetchone()
+        witnesses = [row[0]] if row else []
+    context = _context(conn, p)
     cursor = conn.execute(
-        "INSERT INTO memory (memory_id, persona_id, kind, content, importance, chat_id,"
-        " turn_id, trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO memory (memory_id, persona_id, tier, kind, content, context, said,"
+        " importance, importance_score, chat_id, turn_id, trace_id, created_at, wall_time,"
+        " entities, shared, source_ref, valid_from)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             p.memory_id,
             p.persona_id,
+            p.tier,
             p.kind,
             p.content,
+            context,
+            _json([u.model_dump() for u in p.said]),
             p.importance,
+            p.importance_score,
             p.chat_id,
             p.turn_id,
             e.trace_id,
             _at(e),
+            e.wall_time,
+            _json(p.entities),
+            int(p.shared or p.tier == "L3"),
+            p.source_ref,
+            p.valid_from,
         ),
     )
     conn.execute(
-        "INSERT INTO memory_fts (rowid, content) VALUES (?, ?)", (cursor.lastrowid, p.content)
+        "INSERT INTO memory_fts (rowid, content, context) VALUES (?, ?, ?)",
+        (cursor.lastrowid, p.content, context),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO memory_witness (user_id, memory_id) VALUES (?, ?)",
+        [(user, p.memory_id) for user in sorted(set(witnesses))],
+    )
+
+
+def memory_accessed(conn: sqlite3.Connection, e: Event, p: MemoryAccessed) -> None:
+    conn.executemany(
+        "UPDATE memory SET last_accessed = ?, access_count = access_count + 1"
+        " WHERE memory_id = ? AND persona_id = ?",
+        [(_at(e), mid, p.persona_id) for mid in p.memory_ids],
+    )
+
+
+def _set_content(conn: sqlite3.Connection, memory_id: str, content: str) -> None:
+    row = conn.execute(
+        "SELECT rowid, content, context FROM memory WHERE memory_id = ?", (memory_id,)
+    ).fetchone()
+    if row is None or row[1] == content:
+        return
+    conn.execute(
+        "INSERT INTO memory_fts (memory_fts, rowid, content, context) VALUES ('delete', ?, ?, ?)",
+        (row[0], row[1], row[2]),
+    )
+    conn.execute("UPDATE memory SET content = ? WHERE rowid = ?", (content, row[0]))
+    conn.execute(
+        "INSERT INTO memory_fts (rowid, content, context) VALUES (?, ?, ?)",
+        (row[0], content, row[2]),
+    )
+
+
+def memory_edited(conn: sqlite3.Connection, e: Event, p: MemoryEdited) -> None:
+    _set_content(conn, p.memory_id, p.content)
+    # The edited words are the memory now: who-said-what no longer describes them.
+    conn.execute(
+        "UPDATE memory SET said = '[]', version = ? WHERE memory_id = ? AND persona_id = ?",
+        (p.revision, p.memory_id, p.persona_id),
+    )
+
+
+def memory_pinned(conn: sqlite3.Connection, e: Event, p: MemoryPinned) -> None:
+    conn.execute(
+        "UPDATE memory SET pinned = ? WHERE memory_id = ? AND persona_id = ?",
+        (int(p.pinned), p.memory_id, p.persona_id),
+    )
+
+
+def memory_deleted(conn: sqlite3.Connection, e: Event, p: MemoryDeleted) -> None:
+    # The row and its index entry stay (the index must match its content table); every
+    # read filters tombstones out.
+    conn.execute(
+        "UPDATE memory SET tombstone = 1, pinned = 0 WHERE memory_id = ? AND persona_id = ?",
+        (p.memory_id, p.persona_id),
     )
 
 
@@ -300,6 +382,10 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         Metacognition: _handler(Metacognition, record_only),
         ReplyCompleted: _handler(ReplyCompleted, reply_completed),
         MemoryWritten: _handler(MemoryWritten, memory_written),
+        MemoryAccessed: _handler(MemoryAccessed, memory_accessed),
+        MemoryEdited: _handler(MemoryEdited, memory_edited),
+        MemoryPinned: _handler(MemoryPinned, memory_pinned),
+        MemoryDeleted: _handler(MemoryDeleted, memory_deleted),
         EdgeAsserted: _handler(EdgeAsserted, edge_asserted),
         TelemetryRecorded: _handler(TelemetryRecorded, telemetry_recorded),
         ChatStateRecorded: _handler(ChatStateRecorded, chat_state_recorded),

@@ -50,6 +50,11 @@ class MemoryHit:
     created_at: str
     chat_id: str | None
     lexical: float | None
+    tier: str = "L1"
+    kind: str = "exchange"
+    said: str = "[]"  # JSON list of utterances
+    entities: str = "[]"  # JSON list of names
+    source_ref: str | None = None
 
 
 def _dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -190,14 +195,45 @@ def trace_events(conn: sqlite3.Connection, trace_id: str) -> list[Event]:
 # ---- memory -------------------------------------------------------------------------------
 
 
+_HIT_COLUMNS = (
+    "m.memory_id, m.content, m.importance, m.created_at, m.chat_id, m.tier, m.kind, m.said,"
+    " m.entities, m.source_ref"
+)
+# Who may recall an L1/L2 memory: a witness, or anyone when it is shared. Tombstoned,
+# invalidated and pinned (L3, always in context anyway) memories are never candidates.
+_RECALLABLE = (
+    "m.persona_id = ? AND m.tier != 'L3' AND m.pinned = 0 AND m.tombstone = 0"
+    " AND m.invalid_at IS NULL AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
+    " WHERE w.user_id = ? AND w.memory_id = m.memory_id))"
+)
+
+
+def _hit(r: Sequence[Any], lexical: float | None) -> MemoryHit:
+    return MemoryHit(r[0], r[1], r[2], r[3], r[4], lexical, r[5], r[6], r[7], r[8], r[9])
+
+
 def core_memory(conn: sqlite3.Connection, persona_id: str) -> MemoryHit | None:
     """The persona's L3 core memory (its genesis text)."""
     row = conn.execute(
-        "SELECT memory_id, content, importance, created_at, chat_id FROM memory"
-        " WHERE persona_id = ? AND kind = 'core' ORDER BY created_at LIMIT 1",
+        f"SELECT {_HIT_COLUMNS} FROM memory m"
+        " WHERE m.persona_id = ? AND m.kind = 'core' ORDER BY m.created_at LIMIT 1",
         (persona_id,),
     ).fetchone()
-    return MemoryHit(row[0], row[1], row[2], row[3], row[4], None) if row else None
+    return _hit(row, None) if row else None
+
+
+def pinned_memories(
+    conn: sqlite3.Connection, persona_id: str, user_id: str, limit: int
+) -> list[MemoryHit]:
+    """Memories pinned to L3 that this user may see (witnessed or shared), oldest first."""
+    rows = conn.execute(
+        f"SELECT {_HIT_COLUMNS} FROM memory m WHERE m.persona_id = ? AND m.pinned = 1"
+        " AND m.tombstone = 0 AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
+        " WHERE w.user_id = ? AND w.memory_id = m.memory_id))"
+        " ORDER BY m.created_at, m.memory_id LIMIT ?",
+        (persona_id, user_id, limit),
+    ).fetchall()
+    return [_hit(r, None) for r in rows]
 
 
 def _fts_match(terms: Sequence[str]) -> str | None:
@@ -206,36 +242,62 @@ def _fts_match(terms: Sequence[str]) -> str | None:
     return " OR ".join(quoted) if quoted else None
 
 
+def common_terms(conn: sqlite3.Connection, terms: Sequence[str], cap: int) -> list[str]:
+    """The terms that match more than `cap` memories (of every persona): too common to
+    tell memories apart, and each would make BM25 score that many rows. Each count stops
+    at cap + 1 rows, so the check costs at most `cap` rows per term."""
+    common = []
+    for term in terms:
+        match = _fts_match([term])
+        if match is None:
+            continue
+        row = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)",
+            (match, cap + 1),
+        ).fetchone()
+        if int(row[0]) > cap:
+            common.append(term)
+    return common
+
+
 def search_memories(
-    conn: sqlite3.Connection, persona_id: str, terms: Sequence[str], limit: int
+    conn: sqlite3.Connection,
+    persona_id: str,
+    user_id: str,
+    terms: Sequence[str],
+    limit: int,
+    context_weight: float = 0.3,
 ) -> list[MemoryHit]:
-    """Episodic memories matching any term, best first, `lexical` scaled so the best is 1."""
+    """Recallable memories matching any term, best first, `lexical` scaled so the best is 1.
+
+    BM25 over the memory's words (weight 1) and the words around it (`context_weight`)."""
     match = _fts_match(terms)
     if match is None:
         return []
     rows = conn.execute(
-        "SELECT m.memory_id, m.content, m.importance, m.created_at, m.chat_id,"
-        " bm25(memory_fts) AS bm25 FROM memory_fts JOIN memory m ON m.rowid = memory_fts.rowid"
-        " WHERE memory_fts MATCH ? AND m.persona_id = ? AND m.kind = 'episodic'"
-        " ORDER BY bm25 LIMIT ?",
-        (match, persona_id, limit),
+        f"SELECT {_HIT_COLUMNS}, bm25(memory_fts, 1.0, {float(context_weight)!r}) AS bm25"
+        " FROM memory_fts"
+        f" JOIN memory m ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {_RECALLABLE}"
+        " ORDER BY bm25, m.memory_id LIMIT ?",
+        (match, persona_id, user_id, limit),
     ).fetchall()
     # SQLite's bm25() is negative, more negative is better.
-    best = max((-r[5] for r in rows), default=0.0)
-    return [
-        MemoryHit(r[0], r[1], r[2], r[3], r[4], (-r[5] / best) if best > 0 else 0.0) for r in rows
-    ]
+    best = max((-r[10] for r in rows), default=0.0)
+    return [_hit(r, (-r[10] / best) if best > 0 else 0.0) for r in rows]
 
 
-def recent_memories(conn: sqlite3.Connection, persona_id: str, limit: int) -> list[MemoryHit]:
-    """The newest episodic memories of a persona."""
+def recent_memories(
+    conn: sqlite3.Connection, persona_id: str, user_id: str, limit: int
+) -> list[MemoryHit]:
+    """The newest recallable memories of a persona for this user."""
+    if limit <= 0:
+        return []
     rows = conn.execute(
-        "SELECT memory_id, content, importance, created_at, chat_id FROM memory"
-        " WHERE persona_id = ? AND kind = 'episodic' ORDER BY created_at DESC, rowid DESC"
-        " LIMIT ?",
-        (persona_id, limit),
+        f"SELECT {_HIT_COLUMNS} FROM memory m WHERE {_RECALLABLE}"
+        " ORDER BY m.created_at DESC, m.rowid DESC LIMIT ?",
+        (persona_id, user_id, limit),
     ).fetchall()
-    return [MemoryHit(r[0], r[1], r[2], r[3], r[4], None) for r in rows]
+    return [_hit(r, None) for r in rows]
 
 
 def count_memories(conn: sqlite3.Connection, persona_id: str | None = None) -> int:

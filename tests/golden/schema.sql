@@ -1,13 +1,19 @@
 -- index chats_recent
 CREATE INDEX chats_recent ON chats (updated_at);
+-- index edge_subject
+CREATE INDEX edge_subject ON edge (persona_id, src, rel);
 -- index events_trace
 CREATE INDEX events_trace ON events (trace_id);
 -- index events_type
 CREATE INDEX events_type ON events (type);
+-- index memory_chat
+CREATE INDEX memory_chat ON memory (chat_id);
 -- index memory_persona
-CREATE INDEX memory_persona ON memory (persona_id, kind);
+CREATE INDEX memory_persona ON memory (persona_id, tier);
+-- index memory_pinned
+CREATE INDEX memory_pinned ON memory (persona_id, pinned) WHERE pinned = 1;
 -- index memory_recent
-CREATE INDEX memory_recent ON memory (persona_id, kind, created_at);
+CREATE INDEX memory_recent ON memory (persona_id, tier, created_at);
 -- index memory_turn
 CREATE INDEX memory_turn ON memory (turn_id);
 -- index messages_turn
@@ -55,7 +61,8 @@ CREATE TABLE edge (
     weight      REAL NOT NULL,
     evidence    INTEGER NOT NULL,   -- how many assertions support it
     valid_from  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
+    updated_at  TEXT NOT NULL,
+    invalid_at  TEXT                -- set when a contradicting fact retired it
 );
 -- table events
 CREATE TABLE events (
@@ -86,19 +93,36 @@ CREATE TABLE identity_state (
 );
 -- table memory
 CREATE TABLE memory (
-    memory_id   TEXT PRIMARY KEY,
-    persona_id  TEXT NOT NULL,
-    kind        TEXT NOT NULL,      -- core | episodic
-    content     TEXT NOT NULL,
-    importance  REAL NOT NULL,
-    chat_id     TEXT,
-    turn_id     TEXT,               -- the turn that wrote it (NULL for core)
-    trace_id    TEXT,
-    created_at  TEXT NOT NULL
+    memory_id         TEXT PRIMARY KEY,
+    persona_id        TEXT NOT NULL,
+    tier              TEXT NOT NULL,      -- L1 | L2 | L3 (pinned memories read as L3)
+    kind              TEXT NOT NULL,      -- exchange | utterance | fact | digest | belief | core
+    content           TEXT NOT NULL,      -- the words, searched by memory_fts
+    context           TEXT NOT NULL,      -- the words of the two memories before it in its chat
+    said              TEXT NOT NULL,      -- JSON list of {role, name, text}
+    importance        REAL NOT NULL,      -- 0..1
+    importance_score  INTEGER,            -- 1..10 from perception
+    chat_id           TEXT,
+    turn_id           TEXT,               -- the turn that wrote it (NULL for core)
+    trace_id          TEXT,
+    created_at        TEXT NOT NULL,      -- chat clock
+    wall_time         TEXT NOT NULL,
+    entities          TEXT NOT NULL,      -- JSON list of names
+    shared            INTEGER NOT NULL DEFAULT 0,
+    source_ref        TEXT,
+    valid_from        TEXT,
+    invalid_at        TEXT,
+    pinned            INTEGER NOT NULL DEFAULT 0,
+    tombstone         INTEGER NOT NULL DEFAULT 0,
+    version           INTEGER NOT NULL DEFAULT 1,
+    consolidated_into TEXT,
+    last_accessed     TEXT,
+    access_count      INTEGER NOT NULL DEFAULT 0
 );
 -- table memory_fts
 CREATE VIRTUAL TABLE memory_fts USING fts5 (
     content,
+    context,
     content = 'memory',
     content_rowid = 'rowid',
     tokenize = 'porter unicode61'
@@ -111,6 +135,12 @@ CREATE TABLE 'memory_fts_data'(id INTEGER PRIMARY KEY, block BLOB);
 CREATE TABLE 'memory_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
 -- table memory_fts_idx
 CREATE TABLE 'memory_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
+-- table memory_witness
+CREATE TABLE memory_witness (
+    user_id   TEXT NOT NULL,
+    memory_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, memory_id)
+) WITHOUT ROWID;
 -- table messages
 CREATE TABLE messages (
     message_id  TEXT PRIMARY KEY,   -- the event that said it
