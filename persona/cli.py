@@ -1,4 +1,4 @@
-"""The `persona` command: serve, rebuild, verify, config."""
+"""The `persona` command: serve, rebuild, verify, sleep, config."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from persona.config import Settings, config_file, get_settings
+
+if TYPE_CHECKING:
+    from persona.sleep import SleepReport
+    from persona.storage.store import Store
 
 log = logging.getLogger("persona.serve")
 
@@ -161,6 +166,71 @@ def _verify_decisions(settings: Settings) -> int:
     return 0
 
 
+def _sleep_line(report: SleepReport) -> str:
+    r = report
+    if not r.event_id:
+        return f"{r.persona_id}: nothing new to consolidate ({r.notes} L1 memories)"
+    return (
+        f"{r.persona_id}: {r.digests} digest(s), {r.beliefs} belief(s) from {r.notes} L1"
+        f" memories ({r.consolidated} consolidated, {r.merged} merged, {r.superseded}"
+        f" superseded, {r.narrated} worded by the model, {r.fallbacks} fell back)"
+    )
+
+
+async def _sleep_all(settings: Settings, store: Store, args: argparse.Namespace) -> list[str]:
+    """Sleep each persona asked for (every one by default), a progress bar each."""
+    from tqdm import tqdm
+
+    from persona.sleep import sleep
+    from persona.storage.sleep_queries import persona_ids
+
+    method = args.method or settings.sleep.method
+    backend = None
+    if method == "narrative":
+        from persona.llm.registry import make_backend
+
+        backend = make_backend(settings)
+        await backend.warm()
+    lines = []
+    try:
+        for pid in [args.persona] if args.persona else await store.read(persona_ids):
+            with tqdm(total=1, unit="step", desc=pid, disable=args.quiet) as bar:
+
+                def progress(done: int, total: int, stage: str, bar: tqdm = bar) -> None:
+                    bar.total, bar.n = total, done
+                    bar.set_description(stage)
+
+                report = await sleep(
+                    store, pid, "command", settings.sleep, backend, progress, method
+                )
+            lines.append(_sleep_line(report))
+    finally:
+        if backend is not None:
+            await backend.aclose()
+    return lines
+
+
+def cmd_sleep(settings: Settings, args: argparse.Namespace) -> int:
+    """Consolidate memories now: L1 into L2 digests and L3 beliefs (docs/memory.md)."""
+    import asyncio
+
+    from persona.errors import PersonaNotFound
+    from persona.projector import Projector
+    from persona.storage.store import Store
+
+    _open(settings).close()  # refuse a missing DB; migrate an old one
+    store = Store(settings.db_path, Projector())
+    store.open()
+    try:
+        lines = asyncio.run(_sleep_all(settings, store, args))
+    except PersonaNotFound as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        store.close()
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_bench_control_plane(settings: Settings, args: argparse.Namespace) -> int:
     """Run the control-plane bench; exit 1 with the differences when anything fails."""
     from persona.bench.control_plane import CaseError, default_cases_path, run_bench
@@ -240,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also re-run every turn's control-plane decisions and compare them",
             )
+    sleep = sub.add_parser("sleep", help="consolidate memories into digests and beliefs now")
+    sleep.add_argument("--persona", help="one persona's id (default: every persona)")
+    sleep.add_argument(
+        "--method",
+        choices=("extractive", "narrative"),
+        help="how digests are worded (default from config: sleep.method)",
+    )
+    sleep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sleep.set_defaults(fn=cmd_sleep)
     sub.add_parser("config", help="print the effective config and config_hash").set_defaults(
         fn=cmd_config
     )

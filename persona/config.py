@@ -173,6 +173,30 @@ class GatingSettings(BaseModel):
     history_turns: int = Field(default=12, ge=0)
     # Priority bonus for memories the previous turn's workspace held.
     carry_bonus: float = Field(default=0.05, ge=0.0, le=1.0)
+    # The workspace competition (pipeline/competition.py): K winners after the iterations.
+    workspace_k: int = Field(default=7, ge=0)
+    iterations: int = Field(default=8, ge=0)
+    excitation: float = Field(default=0.3, ge=0.0, lt=1.0)
+    inhibition: float = Field(default=0.25, ge=0.0)
+    similarity: float = Field(default=0.5, gt=0.0, le=1.0)
+    # A winner must end at least this active: a weak note is noise to a small model.
+    min_activation: float = Field(default=0.25, ge=0.0, le=1.0)
+
+
+class SleepSettings(BaseModel):
+    """Sleep consolidation (docs/memory.md): when it runs and how it groups."""
+
+    model_config = _SECTION
+
+    # Inactivity: a persona idle this long (chat clock) sleeps at the next chance.
+    idle_after_h: float = Field(default=6.0, gt=0)
+    # Context pressure: unconsolidated L1 memories over this count trigger a sleep.
+    pressure_l1: int = Field(default=400, ge=1)
+    min_group: int = Field(default=3, ge=2)
+    max_chars: int = Field(default=600, ge=80)
+    # "extractive" needs no model; "narrative" asks the narrative model to word each
+    # digest (and falls back to the extractive text on any model failure).
+    method: Literal["extractive", "narrative"] = "extractive"
 
 
 class DialogueSettings(BaseModel):
@@ -451,6 +475,7 @@ class Settings(BaseSettings):
     perception: PerceptionSettings = Field(default_factory=PerceptionSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     gating: GatingSettings = Field(default_factory=GatingSettings)
+    sleep: SleepSettings = Field(default_factory=SleepSettings)
     metacognition: MetacognitionSettings = Field(default_factory=MetacognitionSettings)
     relationship: RelationshipSettings = Field(default_factory=RelationshipSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)

@@ -49,10 +49,11 @@ async def run_turn(
     reward: float = 0.0,
     persona_id: str | None = None,
     max_tokens: int = 200,
+    user_id: str = "local",
 ) -> dict:
     """Run one turn through the real runner and return its result."""
-    pid = await engine.runner.resolve(chat_id, persona_id, "local", engine.default_persona_id)
-    request = TurnRequest(message, "local", chat_id, pid, reward, GenOptions(max_tokens=max_tokens))
+    pid = await engine.runner.resolve(chat_id, persona_id, user_id, engine.default_persona_id)
+    request = TurnRequest(message, user_id, chat_id, pid, reward, GenOptions(max_tokens=max_tokens))
     result = await (await engine.runner.submit(request)).result
     return {
         "reply": result.reply,

@@ -41,6 +41,8 @@ def triples(text: str, speaker: str = "user") -> set[tuple[str, str, str, bool]]
         ("Ana's dog sleeps at St. Mary's Hospital.", ["Ana", "St. Mary's Hospital"]),
         # "I" is never a name, anywhere; weekdays (also plural) are dates.
         ("Then Rafael and I left on Sundays and on Friday.", ["Rafael"]),
+        # Nor is any other pronoun, even mid-sentence after a bracket.
+        ("(laughs) You said She and They met Ana.", ["Ana"]),
         # A sentence-initial word that is not a common word can be a name.
         ("Priya called. Bring snacks, said Tomas.", ["Bring", "Priya", "Tomas"]),
         # Shouting capitalizes every word: no names come from it.

@@ -29,6 +29,7 @@ from persona.events import (
     Workspace,
 )
 from persona.llm.scripted import as_json
+from persona.pipeline.extract import facts
 from persona.pipeline.post import DEFAULT_POST_STAGES
 from persona.pipeline.state import step
 from persona.storage.eventlog import Event
@@ -154,7 +155,15 @@ async def test_stage_decisions_match_golden(tmp_path, golden, case: Case) -> Non
         skipped.add("episodic")
     if not one(events, Workspace).selected_memories:
         skipped.add("memory_access")
-    assert [p["stage"] for p in post] == [s for s in POST_STAGES if s not in skipped]
+    # The fact step writes a fact memory and its edge per first-person fact, none for OOC.
+    stated = 0 if one(events, Perception).ooc else len(facts(case.message, "user"))
+    expected = []
+    for name in POST_STAGES:
+        if name == "facts":
+            expected += [name] * (2 * stated)
+        elif name not in skipped:
+            expected.append(name)
+    assert [p["stage"] for p in post] == expected
     check(golden, f"decisions/post/{case.name}.json", post)
 
     # The recorded chat state is exactly the pure step from the parent's state.

@@ -37,7 +37,7 @@ def _events(engine, trace_id):
 
 
 async def test_every_stage_decision_is_an_event_of_the_turn(engine):
-    result = await run_turn(engine, "Hello! I'm Sam.")
+    result = await run_turn(engine, "Hello! How are you today?")
     trace = result["meta"]["trace_id"]
     events = _events(engine, trace)
     # Accepted (queued) before it ran; the chat begins with its first accepted message.
@@ -212,7 +212,8 @@ async def test_restart_keeps_every_chat_and_memory(settings, clock):
     try:
         chats = await second.store.read(queries.list_chats)
         assert {c["chat_id"] for c in chats} == {"a", "b"}
-        assert await second.store.read(queries.count_memories, "default") == 3
+        # The core, two exchanges, and the fact "My cat is called Pixel" stated.
+        assert await second.store.read(queries.count_memories, "default") == 4
         meta = (await run_turn(second, "What is my cat called?", chat_id="c"))["meta"]
         assert any("Pixel" in m["content"] for m in meta["memory"]["retrieved"])
         personas = await second.store.read(queries.list_personas)

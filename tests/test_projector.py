@@ -45,12 +45,15 @@ async def test_fold_builds_every_projection(db, engine):
         "chats": 2,
         "turns": 5,
         "messages": 10,
-        "memory": 6,
-        "edge": 1,
+        # The core, five exchanges, and three facts (name_is Sam, has_sibling Ana, and
+        # Ana lives_in Lisbon).
+        "memory": 9,
+        # The affinity edge and the three fact edges.
+        "edge": 4,
         "telemetry": 5,
         "chat_state": 5,
     }
-    edge = dict(conn.execute("SELECT * FROM edge").fetchone())
+    edge = dict(conn.execute("SELECT * FROM edge WHERE rel = 'talks_with'").fetchone())
     # Five turns, two of them a chat's first (a reward with no reply to judge): three moves.
     assert edge["evidence"] == 3 and edge["src"] == "persona:default"
     turn = conn.execute("SELECT * FROM turns ORDER BY started_seq LIMIT 1").fetchone()
@@ -68,7 +71,8 @@ async def test_fold_builds_every_projection(db, engine):
     hits = conn.execute(
         "SELECT COUNT(*) FROM memory_fts WHERE memory_fts MATCH 'content:lisbon'"
     ).fetchone()
-    assert hits[0] == 2
+    # Two exchanges and the two facts stated in "My sister Ana lives in Lisbon".
+    assert hits[0] == 4
     rows = conn.execute(
         "SELECT content, context FROM memory WHERE tier = 'L1' ORDER BY rowid"
     ).fetchall()

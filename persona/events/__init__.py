@@ -40,7 +40,9 @@ from persona.events.decisions import (
 )
 from persona.events.identity import IdentityState, IdentityUpdated, OperatorOverride
 from persona.events.memory import (
+    FactRecorded,
     MemoryAccessed,
+    MemoryConsolidated,
     MemoryDeleted,
     MemoryEdited,
     MemoryPinned,
@@ -69,6 +71,7 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     ReplyCompleted,
     MemoryWritten,
     MemoryAccessed,
+    FactRecorded,
     EdgeAsserted,
     TelemetryRecorded,
     ChatStateRecorded,
@@ -79,6 +82,7 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     MemoryEdited,
     MemoryPinned,
     MemoryDeleted,
+    MemoryConsolidated,
 )
 
 CATALOG = Catalog(EVENT_TYPES)
@@ -97,11 +101,13 @@ __all__ = [
     "CoreMemory",
     "EdgeAsserted",
     "EventPayload",
+    "FactRecorded",
     "GateDecision",
     "Generation",
     "IdentityState",
     "IdentityUpdated",
     "MemoryAccessed",
+    "MemoryConsolidated",
     "MemoryDeleted",
     "MemoryEdited",
     "MemoryPinned",

@@ -104,10 +104,11 @@ class Perception(EventPayload):
 
 
 class CoreMemory(Model):
-    """The persona's L3 core memory, always present."""
+    """An L3 memory, always present: the genesis, a pinned memory, a belief."""
 
     memory_id: str
     content: str
+    said: list[Utterance] = Field(default_factory=list, description="who said what")
 
 
 class RetrievedMemory(Model):
@@ -159,12 +160,27 @@ class Budget(Model):
 class GateDecision(Model):
     """One candidate of the workspace competition and why it did or did not get in."""
 
-    kind: Literal["history", "memory"]
+    kind: Literal["history", "memory", "edge", "emotion", "goal"]
     id: str
     priority: float
     tokens: int
     selected: bool
     reason: str
+    text: str | None = Field(
+        default=None, description="the note an edge, emotion or goal adds to the prompt"
+    )
+
+
+class Competition(Model):
+    """The workspace competition: who competed, the activation trace, who won."""
+
+    k: int
+    iterations: int
+    salience: dict[str, float] = Field(description="each contender's starting activation")
+    kinds: dict[str, str]
+    trace: list[dict[str, float]] = Field(description="activations after each iteration")
+    winners: list[str] = Field(description="strongest first")
+    inhibitions: int = Field(ge=0, description="(stronger inhibits a similar weaker) events")
 
 
 class Workspace(EventPayload):
@@ -176,6 +192,12 @@ class Workspace(EventPayload):
     candidates: list[GateDecision]
     selected_memories: list[str]
     selected_history: list[str]
+    selected_notes: list[str] = Field(
+        default_factory=list, description="edge, emotion and goal candidates in the prompt"
+    )
+    competition: Competition | None = Field(
+        default=None, description="None in turns recorded before the competition"
+    )
 
 
 class Telemetry(Model):

@@ -119,3 +119,46 @@ class MemoryDeleted(EventPayload):
     memory_id: str
     persona_id: str
     reason: str = ""
+
+
+class MemoryConsolidated(EventPayload):
+    """A sleep's diff: the L2 digests and L3 beliefs it wrote (each its own
+    `memory.written` just before this), the L1 originals they cover (kept, marked
+    consolidated), and the near-duplicates merged into a kept one."""
+
+    event_type: ClassVar[str] = "memory.consolidated"
+
+    persona_id: str
+    trigger: Literal["inactivity", "asked", "pressure", "command"]
+    method: Literal["extractive", "narrative"] = "extractive"
+    digests: dict[str, list[str]] = Field(
+        default_factory=dict, description="digest id -> the L1 ids it covers"
+    )
+    beliefs: list[str] = Field(default_factory=list, description="L3 belief ids written")
+    merged: list[tuple[str, str]] = Field(
+        default_factory=list, description="(duplicate id, kept id): both stay"
+    )
+    superseded: list[str] = Field(
+        default_factory=list, description="earlier beliefs these replace (kept, marked invalid)"
+    )
+
+
+class FactRecorded(EventPayload):
+    """A first-person fact extracted from a turn, as a typed edge of the persona's graph.
+
+    `src —rel→ dst` (a negated fact is recorded under `not_<rel>`); `supersedes` lists the
+    edges it contradicts (same subject and relation only): they get `invalid_at`, never
+    deleted.
+    """
+
+    event_type: ClassVar[str] = "fact.recorded"
+
+    persona_id: str
+    turn_id: str | None
+    memory_id: str = Field(description="the L1 fact memory written with it")
+    edge_id: str = Field(description="src|rel|the object's key (case, articles ignored)")
+    src: str
+    rel: str
+    dst: str
+    text: str = Field(description="the sentence it came from")
+    supersedes: list[str] = Field(default_factory=list, description="edge ids it retires")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
@@ -123,6 +123,8 @@ class PersonaView(Protocol):
     """Persona-scoped state as the writer's transaction sees it (post-reply stages)."""
 
     def edge_weight(self, src: str, rel: str, dst: str) -> float | None: ...
+
+    def current_edges(self, src: str, rels: Sequence[str]) -> list[dict[str, Any]]: ...
 
     def identity_state(self, persona_id: str) -> IdentityState: ...
 

@@ -126,9 +126,13 @@ _NOT_NAMES_JA = frozenset(
 _PLACE_CUE_RE = re.compile(rf"([{_KANJI}{_KATA}]{{2,6}})(?:には?住|へ引っ越|に引っ越|出身|在住)")
 
 
+# Pronouns are never names, wherever they stand ("(laughs) You said ...").
+_PRONOUNS = frozenset("you you're you've you'd you'll he she it we they me him her us them".split())
+
+
 def _is_name_word(word: str, initial: bool) -> bool:
     low = word.lower()
-    if low in _FIRST_PERSON:
+    if low in _FIRST_PERSON or low in _PRONOUNS:
         return False
     return not (initial and low in _STARTERS)
 

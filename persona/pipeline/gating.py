@@ -12,11 +12,15 @@ lists every candidate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from persona.config import GatingSettings
 from persona.events import Budget, GateDecision, MemoryRetrieval, Perception, Workspace
+from persona.events.decisions import Competition
 from persona.llm.base import ChatMessage
+from persona.pipeline.competition import CompetitionParams, Contender, compete
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext, TurnRequest
 from persona.pipeline.layout import (
     PromptParts,
@@ -27,7 +31,8 @@ from persona.pipeline.layout import (
     soft_safety,
 )
 from persona.pipeline.perception import is_ooc, safety_risk
-from persona.pipeline.post import episodic_id
+from persona.pipeline.text import content_words
+from persona.storage import queries
 from persona.storage.queries import PathTurn, PersonaRow
 
 # Recency of history: the newest exchange starts here and each older one loses a step.
@@ -42,18 +47,72 @@ MEMORY_TOP = 0.9
 class Candidate:
     """Something that competes for the workspace."""
 
-    kind: Literal["history", "memory"]
+    kind: Literal["history", "memory", "edge", "emotion", "goal"]
     id: str
     priority: float
-    text: str  # a memory as the prompt shows it; an exchange's two messages
+    text: str  # a memory or note as the prompt shows it; an exchange's two messages
     history: PathTurn | None = None
     redundant: bool = False
+    salience: float = 0.0  # the competition's starting activation (not for history)
 
 
-def candidates(ctx: TurnContext, memory: MemoryRetrieval, carry_bonus: float) -> list[Candidate]:
-    """Everything that competes for the workspace, with its priority."""
+# Salience of the non-memory contenders (docs/memory.md says why).
+EDGE_BASE, EDGE_RELEVANCE = 0.2, 0.6  # a fact about the user: more when the message touches it
+EMOTION_FLOOR = 0.3  # a felt emotion competes from this strength
+USER_FACTS = 10  # current fact edges about the user read per turn
+
+_RELATION_WORDS = {
+    "likes": "likes",
+    "not_likes": "does not like",
+    "lives_in": "lives in",
+    "from": "is from",
+    "works_as": "works as",
+    "works_at": "works at",
+    "name_is": "is called",
+    "age": "is aged",
+    "birthday": "has a birthday on",
+    "has_pet": "has",
+    "has_sibling": "has",
+    "has_child": "has",
+    "has_partner": "has a partner,",
+    "speaks": "speaks",
+    "studies": "studies",
+    "goal": "wants to",
+}
+_GOALS = {
+    "smalltalk": "a light chat",
+    "meta_conversation": "to talk about this conversation",
+    "emotional_support": "support",
+    "task_oriented": "help with a task",
+    "factual_query": "a fact",
+    "creative_roleplay": "a story or role-play",
+    "self_disclosure": "to share something about themselves",
+    "safety_risk": "safety",
+}
+
+
+def edge_text(edge: dict[str, object]) -> str:
+    """A fact edge as a short note: "The user lives in Porto."."""
+    rel = str(edge["rel"])
+    words = _RELATION_WORDS.get(rel, rel.replace("_", " "))
+    return f"The user {words} {edge['dst']}."
+
+
+def _redundant(memory_id: str, in_history: set[str]) -> bool:
+    """A memory written by a turn whose exchange is in the history (ep:<turn>, fa:<turn>:i)."""
+    kind, _, rest = memory_id.partition(":")
+    return kind in ("ep", "fa") and rest.split(":")[0] in in_history
+
+
+def candidates(
+    ctx: TurnContext,
+    memory: MemoryRetrieval,
+    carry_bonus: float,
+    edges: Sequence[dict[str, object]] = (),
+) -> list[Candidate]:
+    """Everything that competes for the workspace, with its salience or priority."""
     items: list[Candidate] = []
-    in_history = {episodic_id(h.turn_id) for h in ctx.history}
+    in_history = {h.turn_id for h in ctx.history}
     carried = set(ctx.parent_state.workspace)
     for age, h in enumerate(reversed(ctx.history)):
         items.append(
@@ -67,16 +126,88 @@ def candidates(ctx: TurnContext, memory: MemoryRetrieval, carry_bonus: float) ->
         )
     for m in memory.results:
         bonus = carry_bonus if m.memory_id in carried else 0.0
+        salience = min(1.0, round(m.score + bonus, 4))
         items.append(
             Candidate(
                 "memory",
                 m.memory_id,
-                round(MEMORY_TOP * m.score + bonus, 4),
+                round(MEMORY_TOP * salience, 4),
                 memory_text(m),
-                redundant=m.memory_id in in_history,
+                redundant=_redundant(m.memory_id, in_history),
+                salience=salience,
+            )
+        )
+    message = content_words(ctx.request.message)
+    for e in edges:
+        text = edge_text(e)
+        terms = content_words(f"{e['dst']}")
+        touched = len(message & terms) / len(terms) if terms else 0.0
+        salience = round(EDGE_BASE + EDGE_RELEVANCE * touched, 4)
+        items.append(
+            Candidate(
+                "edge", str(e["edge_id"]), round(MEMORY_TOP * salience, 4), text, salience=salience
+            )
+        )
+    perception = ctx.need(Perception)
+    if perception.appraisal and perception.appraisal.emotions:
+        name, strength = max(perception.appraisal.emotions.items(), key=lambda kv: (kv[1], kv[0]))
+        if strength >= EMOTION_FLOOR:
+            salience = round(strength, 4)
+            items.append(
+                Candidate(
+                    "emotion",
+                    f"emotion:{name}",
+                    round(MEMORY_TOP * salience, 4),
+                    f"The user seems to feel {name}.",
+                    salience=salience,
+                )
+            )
+    goal = perception.top_intent
+    if goal in _GOALS and goal != "smalltalk":
+        salience = round(perception.intent.get(goal, 0.0), 4)
+        items.append(
+            Candidate(
+                "goal",
+                f"goal:{goal}",
+                round(MEMORY_TOP * salience, 4),
+                f"The user wants {_GOALS[goal]}.",
+                salience=salience,
             )
         )
     return items
+
+
+def contest(items: list[Candidate], s: GatingSettings) -> tuple[Competition, dict[str, Candidate]]:
+    """Run the workspace competition over the non-history candidates (redundant ones sit
+    out); return its record and the winners, their priority now their final activation."""
+    contenders = [c for c in items if c.kind != "history" and not c.redundant]
+    params = CompetitionParams(
+        k=s.workspace_k,
+        iterations=s.iterations,
+        excitation=s.excitation,
+        inhibition=s.inhibition,
+        similarity=s.similarity,
+    )
+    result = compete(
+        [Contender(c.id, c.kind, c.salience, frozenset(content_words(c.text))) for c in contenders],
+        params,
+    )
+    record = Competition(
+        k=s.workspace_k,
+        iterations=result.iterations,
+        salience={c.id: c.salience for c in sorted(contenders, key=lambda c: c.id)},
+        kinds={c.id: c.kind for c in sorted(contenders, key=lambda c: c.id)},
+        trace=[dict(t) for t in result.trace],
+        winners=list(result.winners),
+        inhibitions=result.inhibitions,
+    )
+    by_id = {c.id: c for c in contenders}
+    winners = {
+        w: replace(by_id[w], priority=round(MEMORY_TOP * result.activations[w], 4))
+        for w in result.winners
+        if result.activations[w] >= s.min_activation
+    }
+    return record, winners
 
 
 class Costs:
@@ -144,17 +275,27 @@ class GatingStage:
         decided = []
         costs = Costs(base, fixed, env)
         heading_paid = False
-        items = candidates(ctx, ctx.need(MemoryRetrieval), env.settings.gating.carry_bonus)
-        for item in sorted(items, key=lambda i: (-i.priority, i.kind, i.id)):
+        s = env.settings.gating
+        r = ctx.request
+        edges = await env.store.read(queries.user_facts, r.persona_id, r.user_id, USER_FACTS)
+        items = candidates(ctx, ctx.need(MemoryRetrieval), s.carry_bonus, edges)
+        competition, winners = contest(items, s)
+        ranked = [winners.get(i.id, i) for i in items]
+        for item in sorted(ranked, key=lambda i: (-i.priority, i.kind, i.id)):
             tokens = costs.of(item)
-            if item.kind == "memory" and item.text and not heading_paid:
-                tokens += costs.heading  # the first memory brings the note's heading
+            note = item.kind not in ("history",)
+            if note and item.text and not heading_paid:
+                tokens += costs.heading  # the first note brings the note list's heading
             if item.redundant:
                 selected, reason = False, "already in recent history"
+            elif note and item.id not in winners:
+                lost = item.id not in competition.winners
+                selected = False
+                reason = "lost the workspace competition" if lost else "below the activation floor"
             elif used + tokens <= available:
                 selected, reason = True, "fits"
                 used += tokens
-                heading_paid = heading_paid or (item.kind == "memory" and bool(item.text))
+                heading_paid = heading_paid or (note and bool(item.text))
             else:
                 selected, reason = False, "over budget"
             decided.append(
@@ -165,6 +306,7 @@ class GatingStage:
                     tokens=tokens,
                     selected=selected,
                     reason=reason,
+                    text=item.text if item.kind in ("edge", "emotion", "goal") else None,
                 )
             )
         return StageOutput(
@@ -180,6 +322,10 @@ class GatingStage:
                 candidates=decided,
                 selected_memories=[d.id for d in decided if d.kind == "memory" and d.selected],
                 selected_history=[d.id for d in decided if d.kind == "history" and d.selected],
+                selected_notes=[
+                    d.id for d in decided if d.kind in ("edge", "emotion", "goal") and d.selected
+                ],
+                competition=competition,
             )
         )
 

@@ -80,7 +80,8 @@ def memory_text(memory: RetrievedMemory) -> str:
 
 def pinned_notes(memory: MemoryRetrieval) -> tuple[str, ...]:
     """The pinned (L3) memories as the identity shows them, oldest first."""
-    return tuple(note for note in (memory_note(m.content) for m in memory.pinned) if note)
+    notes = (said_note(m.said) if m.said else memory_note(m.content) for m in memory.pinned)
+    return tuple(note for note in notes if note)
 
 
 def traits_text(traits: dict[str, float]) -> str:

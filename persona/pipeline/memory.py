@@ -229,7 +229,14 @@ def retrieve(
         core=CoreMemory(memory_id=core.memory_id, content=core.content) if core else None,
         results=fuse(got.candidates, now, query_names(message), s)[: s.top_k],
         dropped_terms=got.dropped,
-        pinned=[CoreMemory(memory_id=m.memory_id, content=m.content) for m in got.pinned],
+        pinned=[
+            CoreMemory(
+                memory_id=m.memory_id,
+                content=m.content,
+                said=[Utterance.model_validate(u) for u in json.loads(m.said)],
+            )
+            for m in got.pinned
+        ],
     )
 
 

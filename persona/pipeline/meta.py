@@ -34,6 +34,7 @@ from persona.events.decisions import (
     Appraisal,
     AttentionDecision,
     BeliefRevised,
+    Competition,
     ConfidenceDecision,
     DecisionOption,
     DialogueDecision,
@@ -242,6 +243,9 @@ class Meta(MetaV1):
     identity: MetaIdentity | None = Field(
         default=None, description="traits, values, temporal identity and operator overrides"
     )
+    competition: Competition | None = Field(
+        default=None, description="the workspace competition: salience, trace, winners"
+    )
     reply_flags: list[str] = Field(
         default_factory=list,
         description="what the reply check did to the reply: label, continued, loop, cut, repeat",
@@ -385,6 +389,7 @@ def build_meta(events: Sequence[Event]) -> Meta:
         ooc=perception.ooc,
         importance=perception.importance,
         # The plan gating made, with the size of the prompt actually sent.
+        competition=gating.competition,
         token_budget=gating.budget.model_copy(update={"used": reply.prompt_tokens_counted})
         if reply.prompt_tokens_counted
         else gating.budget,

@@ -11,6 +11,7 @@ from persona.clock import iso
 from persona.events import (
     ChatStateRecorded,
     EdgeAsserted,
+    FactRecorded,
     IdentityUpdated,
     MemoryAccessed,
     MemoryWritten,
@@ -23,7 +24,7 @@ from persona.events import (
 )
 from persona.pipeline import identity
 from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, TurnContext
-from persona.pipeline.extract import entities
+from persona.pipeline.extract import Fact, entities, facts, object_key, supersedes
 from persona.pipeline.reply_check import DEGENERATE
 from persona.pipeline.state import reward_applies, step
 
@@ -103,6 +104,95 @@ class EpisodicWrite:
 def affinity(previous: float | None, signal: float, rate: float) -> float:
     """The persona→user affinity after a reward: an EMA that starts from 0."""
     return (1.0 - rate) * (previous or 0.0) + rate * signal
+
+
+def fact_node(subject: str, ctx: TurnContext) -> str:
+    """The graph node of a fact's subject: this user, this persona, or a named entity."""
+    if subject == "user":
+        return f"user:{ctx.request.user_id}"
+    if subject == "persona":
+        return f"persona:{ctx.request.persona_id}"
+    return f"entity:{subject}"
+
+
+def fact_rel(fact: Fact) -> str:
+    """The edge relation: a negated fact is its own relation, `not_<relation>`."""
+    return f"not_{fact.relation}" if fact.negated else fact.relation
+
+
+def edge_fact(edge: dict[str, object], subject: str) -> Fact:
+    """The fact a stored edge records (to test whether a new fact supersedes it)."""
+    rel = str(edge["rel"])
+    negated = rel.startswith("not_")
+    return Fact(subject, rel.removeprefix("not_"), str(edge["dst"]), "", negated)
+
+
+class FactWrite:
+    """The user's first-person facts (extract.facts) as L1 fact memories and typed edges.
+
+    Each fact retires, never deletes, only the current edges with the same subject and
+    relation that it contradicts (`extract.supersedes`): "I moved to Porto" retires
+    `lives_in Lisbon`, "I don't like jazz anymore" retires `likes jazz`, and nothing
+    else. Read through the writer's transaction, like the affinity edge. The persona's
+    own replies are not mined: a small model's words would become beliefs.
+    """
+
+    name = "facts"
+
+    def decide(self, ctx: TurnContext, env: StageEnv, persona: PersonaView) -> list[Emit]:
+        if ctx.need(Perception).ooc:
+            return []
+        out: list[Emit] = []
+        seen: set[str] = set()
+        for i, fact in enumerate(facts(ctx.request.message, "user")):
+            src, rel = fact_node(fact.subject, ctx), fact_rel(fact)
+            edge_id = f"{src}|{rel}|{object_key(fact.object)}"
+            if edge_id in seen:
+                continue
+            seen.add(edge_id)
+            current = persona.current_edges(src, (fact.relation, f"not_{fact.relation}"))
+            retired = [
+                str(e["edge_id"])
+                for e in current
+                if e["edge_id"] != edge_id and supersedes(fact, edge_fact(e, fact.subject))
+            ]
+            memory_id = f"fa:{ctx.turn_id}:{i}"
+            out.append(
+                Emit(
+                    MemoryWritten(
+                        memory_id=memory_id,
+                        persona_id=ctx.request.persona_id,
+                        tier="L1",
+                        kind="fact",
+                        chat_id=ctx.request.chat_id,
+                        turn_id=ctx.turn_id,
+                        content=fact.text,
+                        said=[Utterance(role="user", name="User", text=fact.text)],
+                        importance=ctx.need(Perception).importance,
+                        importance_score=ctx.need(Perception).importance_score,
+                        entities=entities(fact.text),
+                        witnesses=[ctx.request.user_id],
+                        valid_from=iso(ctx.now),
+                    )
+                )
+            )
+            out.append(
+                Emit(
+                    FactRecorded(
+                        persona_id=ctx.request.persona_id,
+                        turn_id=ctx.turn_id,
+                        memory_id=memory_id,
+                        edge_id=edge_id,
+                        src=src,
+                        rel=rel,
+                        dst=fact.object,
+                        text=fact.text,
+                        supersedes=retired,
+                    ),
+                    scope="persona",
+                )
+            )
+        return out
 
 
 class Relationship:
@@ -227,6 +317,7 @@ class StateStep:
 DEFAULT_POST_STAGES: tuple[PostStage, ...] = (
     MemoryAccess(),
     EpisodicWrite(),
+    FactWrite(),
     Relationship(),
     IdentityStep(),
     TelemetryRecord(),

@@ -88,17 +88,32 @@ def turn_gen(ctx: TurnContext) -> GenOptions:
     )
 
 
+def note_texts(ctx: TurnContext) -> dict[str, str]:
+    """The selected memories and notes (edges, emotion, goal) as the turn note lists them,
+    best first, by candidate id."""
+    workspace = ctx.need(Workspace)
+    memories = {m.memory_id: m for m in ctx.need(MemoryRetrieval).results}
+    out: dict[str, str] = {}
+    for c in workspace.candidates:
+        if not c.selected or c.kind == "history":
+            continue
+        if c.kind == "memory":
+            out[c.id] = memory_text(memories[c.id])
+        elif c.text:
+            out[c.id] = c.text
+    return out
+
+
 def prompt_parts(ctx: TurnContext) -> tuple[PromptParts, list[str]]:
     """The parts the workspace selected, and the ids of what may be cut (first to go first)."""
     perception = ctx.need(Perception)
     workspace = ctx.need(Workspace)
     metacog = ctx.need(Metacognition)
-    memories = {m.memory_id: m for m in ctx.need(MemoryRetrieval).results}
     parts = PromptParts(
         persona=ctx.persona,
         message=ctx.request.message,
         history=tuple(selected_history(ctx, workspace)),
-        memories=tuple(memory_text(memories[mid]) for mid in workspace.selected_memories),
+        memories=tuple(note_texts(ctx).values()),
         pinned=pinned_notes(ctx.need(MemoryRetrieval)),
         safety_override=hard_safety(perception.safety),
         safety_soft=soft_safety(perception.safety),
@@ -131,7 +146,7 @@ def fit_prompt(ctx: TurnContext, env: StageEnv) -> Prompt:
     parts, order = prompt_parts(ctx)
     room = env.backend.context_window() - ctx.request.gen.max_tokens
     late = env.backend.late_system_ok
-    memories = ctx.need(MemoryRetrieval).results
+    notes = note_texts(ctx)
     trimmed: list[str] = []
     while True:
         messages = layout(parts, env.prompts, late)
@@ -140,7 +155,7 @@ def fit_prompt(ctx: TurnContext, env: StageEnv) -> Prompt:
             return Prompt(messages, tokens, tuple(trimmed))
         drop = order.pop(0)
         trimmed.append(drop)
-        texts = {memory_text(m) for m in memories if m.memory_id == drop}
+        texts = {notes[drop]} if drop in notes else set()
         parts = parts.with_(
             history=[h for h in parts.history if h.turn_id != drop],
             memories=[m for m in parts.memories if m not in texts],

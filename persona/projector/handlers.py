@@ -35,7 +35,14 @@ from persona.events import (
     TurnStarted,
     Workspace,
 )
-from persona.events.memory import MemoryAccessed, MemoryDeleted, MemoryEdited, MemoryPinned
+from persona.events.memory import (
+    FactRecorded,
+    MemoryAccessed,
+    MemoryConsolidated,
+    MemoryDeleted,
+    MemoryEdited,
+    MemoryPinned,
+)
 from persona.storage.eventlog import Event
 
 P = TypeVar("P", bound=EventPayload)
@@ -291,7 +298,7 @@ def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None
             _at(e),
             e.wall_time,
             _json(p.entities),
-            int(p.shared or p.tier == "L3"),
+            int(p.shared or p.kind == "core"),
             p.source_ref,
             p.valid_from,
         ),
@@ -356,6 +363,44 @@ def memory_deleted(conn: sqlite3.Connection, e: Event, p: MemoryDeleted) -> None
     )
 
 
+def memory_consolidated(conn: sqlite3.Connection, e: Event, p: MemoryConsolidated) -> None:
+    conn.executemany(
+        "UPDATE memory SET consolidated_into = ? WHERE memory_id = ? AND persona_id = ?",
+        [
+            (digest, mid, p.persona_id)
+            for digest, sources in sorted(p.digests.items())
+            for mid in sources
+        ],
+    )
+    # A merged duplicate points at the memory it repeats; both stay retrievable.
+    conn.executemany(
+        "UPDATE memory SET consolidated_into = COALESCE(consolidated_into, ?)"
+        " WHERE memory_id = ? AND persona_id = ?",
+        [(kept, dup, p.persona_id) for dup, kept in p.merged],
+    )
+    conn.executemany(
+        "UPDATE memory SET invalid_at = ? WHERE memory_id = ? AND persona_id = ?",
+        [(_at(e), mid, p.persona_id) for mid in p.superseded],
+    )
+
+
+def fact_recorded(conn: sqlite3.Connection, e: Event, p: FactRecorded) -> None:
+    conn.executemany(
+        "UPDATE edge SET invalid_at = ?, updated_at = ? WHERE edge_id = ? AND invalid_at IS NULL",
+        [(_at(e), _at(e), edge_id) for edge_id in p.supersedes],
+    )
+    # A fact said again (or true again after it was retired) is current again.
+    conn.execute(
+        "INSERT INTO edge (edge_id, persona_id, src, rel, dst, weight, evidence, valid_from,"
+        " updated_at, invalid_at) VALUES (?, ?, ?, ?, ?, 1.0, 1, ?, ?, NULL)"
+        " ON CONFLICT (edge_id) DO UPDATE SET evidence = edge.evidence + 1,"
+        " updated_at = excluded.updated_at, invalid_at = NULL,"
+        " valid_from = CASE WHEN edge.invalid_at IS NULL THEN edge.valid_from"
+        " ELSE excluded.valid_from END",
+        (p.edge_id, p.persona_id, p.src, p.rel, p.dst, _at(e), _at(e)),
+    )
+
+
 def _handler(cls: type[P], fn: Callable[[sqlite3.Connection, Event, P], None]) -> Handler:
     def handle(conn: sqlite3.Connection, e: Event) -> None:
         payload = e.payload
@@ -386,6 +431,8 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         MemoryEdited: _handler(MemoryEdited, memory_edited),
         MemoryPinned: _handler(MemoryPinned, memory_pinned),
         MemoryDeleted: _handler(MemoryDeleted, memory_deleted),
+        MemoryConsolidated: _handler(MemoryConsolidated, memory_consolidated),
+        FactRecorded: _handler(FactRecorded, fact_recorded),
         EdgeAsserted: _handler(EdgeAsserted, edge_asserted),
         TelemetryRecorded: _handler(TelemetryRecorded, telemetry_recorded),
         ChatStateRecorded: _handler(ChatStateRecorded, chat_state_recorded),

@@ -225,9 +225,11 @@ def core_memory(conn: sqlite3.Connection, persona_id: str) -> MemoryHit | None:
 def pinned_memories(
     conn: sqlite3.Connection, persona_id: str, user_id: str, limit: int
 ) -> list[MemoryHit]:
-    """Memories pinned to L3 that this user may see (witnessed or shared), oldest first."""
+    """L3 memories besides the genesis (pinned ones, consolidated beliefs) that this user
+    may see (witnessed or shared), oldest first: always in context."""
     rows = conn.execute(
-        f"SELECT {_HIT_COLUMNS} FROM memory m WHERE m.persona_id = ? AND m.pinned = 1"
+        f"SELECT {_HIT_COLUMNS} FROM memory m WHERE m.persona_id = ?"
+        " AND (m.pinned = 1 OR (m.tier = 'L3' AND m.kind = 'belief')) AND m.invalid_at IS NULL"
         " AND m.tombstone = 0 AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
         " WHERE w.user_id = ? AND w.memory_id = m.memory_id))"
         " ORDER BY m.created_at, m.memory_id LIMIT ?",
@@ -316,6 +318,29 @@ def get_edge(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> dict[str
     return _dict(
         conn.execute("SELECT * FROM edge WHERE edge_id = ?", (f"{src}|{rel}|{dst}",)).fetchone()
     )
+
+
+def current_edges(conn: sqlite3.Connection, src: str, rels: Sequence[str]) -> list[dict[str, Any]]:
+    """The edges from `src` with one of `rels` that no fact has retired, by id."""
+    marks = ", ".join("?" for _ in rels)
+    rows = conn.execute(
+        f"SELECT * FROM edge WHERE src = ? AND rel IN ({marks}) AND invalid_at IS NULL"
+        " ORDER BY edge_id",
+        (src, *rels),
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def user_facts(
+    conn: sqlite3.Connection, persona_id: str, user_id: str, limit: int
+) -> list[dict[str, Any]]:
+    """The current fact edges about a user (not retired), most supported first."""
+    rows = conn.execute(
+        "SELECT * FROM edge WHERE persona_id = ? AND src = ? AND invalid_at IS NULL"
+        " ORDER BY evidence DESC, updated_at DESC, edge_id LIMIT ?",
+        (persona_id, f"user:{user_id}", limit),
+    ).fetchall()
+    return [dict(r) for r in rows]
 
 
 def edge_weight(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> float | None:

@@ -23,7 +23,7 @@ from persona.errors import (
 )
 from persona.resources import static_dir
 from persona.version import ENGINE_VERSION
-from persona.web import api, docs, login, operator, pages, security
+from persona.web import api, docs, login, memory, operator, pages, security, sleep
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -126,6 +126,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(docs.router)
     app.include_router(login.router)
     app.include_router(operator.router)
+    app.include_router(memory.router)
+    app.include_router(sleep.router)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     security.install(app, engine.settings)
     return app

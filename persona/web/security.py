@@ -154,7 +154,9 @@ def safe_next(target: str | None) -> str:
 def is_page(scope: Scope) -> bool:
     """Whether a path is one of the HTML screens (else the JSON API, the docs or a file)."""
     path: str = scope["path"]
-    return path == "/" or path.startswith("/chats/") or path in (LOGIN_PATH, "/logout")
+    return path in ("/", "/memory", LOGIN_PATH, "/logout") or path.startswith(
+        ("/chats/", "/memory/")
+    )
 
 
 # On a refusal: the server closes the connection rather than read the rest of the body.
