@@ -35,7 +35,7 @@ from typing import Any
 from persona.clock import iso
 from persona.config import MemorySettings
 from persona.events import MemoryWritten, PersonaCreated, Utterance
-from persona.pipeline.memory import retrieve, search_terms
+from persona.pipeline.memory import PINNED_LIMIT, retrieve, search_terms
 from persona.projector import Projector
 from persona.storage import queries
 from persona.storage.eventlog import NewEvent
@@ -362,7 +362,8 @@ def _parts(
     conn: sqlite3.Connection, message: str, now: datetime, s: MemorySettings
 ) -> dict[str, float]:
     """One retrieval's parts, timed in one snapshot: the common-term check, the BM25
-    search on the kept terms, and the whole `retrieve` (the rest is core, pinned, fuse)."""
+    search on the kept terms, the core and pinned memories, and the whole `retrieve`
+    (what the parts leave is building and fusing the candidates)."""
     terms = search_terms(message)
     dropped, common_ms = _timed(queries.common_terms, conn, terms, s.max_term_matches)
     kept = [t for t in terms if t not in dropped]
@@ -375,8 +376,19 @@ def _parts(
         s.fts_candidates,
         s.weight_context,
     )
+    _, core_ms = _timed(queries.core_memory, conn, PERSONA_ID)
+    _, pinned_ms = _timed(queries.pinned_memories, conn, PERSONA_ID, USER_ID, PINNED_LIMIT)
     _, total_ms = _timed(retrieve, conn, PERSONA_ID, USER_ID, message, now, s)
-    return {"common_terms": common_ms, "search": search_ms, "retrieve": total_ms}
+    return {
+        "common_terms": common_ms,
+        "search": search_ms,
+        "core": core_ms,
+        "pinned": pinned_ms,
+        "retrieve": total_ms,
+    }
+
+
+PARTS: tuple[str, ...] = ("common_terms", "search", "core", "pinned", "retrieve")
 
 
 def breakdown(
@@ -389,7 +401,7 @@ def breakdown(
             "p50": round(percentile([r[part] for r in rows], 50), 3),
             "p95": round(percentile([r[part] for r in rows], 95), 3),
         }
-        for part in ("common_terms", "search", "retrieve")
+        for part in PARTS
     }
 
 
@@ -512,14 +524,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"Where the time goes at {r['memories']:,} memories (defaults; ms, p50 / p95):",
             "",
-            "| common_terms | search (BM25) | retrieve (whole) |",
-            "|---:|---:|---:|",
-            "| "
-            + " | ".join(
-                f"{b[k]['p50']:.2f} / {b[k]['p95']:.2f}"
-                for k in ("common_terms", "search", "retrieve")
-            )
-            + " |",
+            "| common_terms | search (BM25) | core | pinned | retrieve (whole) |",
+            "|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(f"{b[k]['p50']:.2f} / {b[k]['p95']:.2f}" for k in PARTS) + " |",
         ]
     lines += [
         "",

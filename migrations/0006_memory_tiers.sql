@@ -39,9 +39,12 @@ CREATE TABLE memory (
     access_count      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX memory_persona ON memory (persona_id, tier);
-CREATE INDEX memory_recent ON memory (persona_id, tier, created_at);
+CREATE INDEX memory_recent ON memory (persona_id, created_at);
 CREATE INDEX memory_turn ON memory (turn_id);
-CREATE INDEX memory_pinned ON memory (persona_id, pinned) WHERE pinned = 1;
+-- Always-in-context L3 memories (pinned ones, beliefs): read on every turn, so an index
+-- that holds exactly them, in the order they are shown.
+CREATE INDEX memory_always ON memory (persona_id, created_at, memory_id)
+    WHERE pinned = 1 OR (tier = 'L3' AND kind = 'belief');
 
 CREATE TABLE memory_witness (
     user_id   TEXT NOT NULL,
@@ -49,7 +52,7 @@ CREATE TABLE memory_witness (
     PRIMARY KEY (user_id, memory_id)
 ) WITHOUT ROWID;
 
-CREATE INDEX memory_chat ON memory (chat_id);
+CREATE INDEX memory_chat ON memory (chat_id, tier);
 
 CREATE VIRTUAL TABLE memory_fts USING fts5 (
     content,

@@ -163,6 +163,12 @@ class MemorySettings(BaseModel):
     recent_candidates: int = Field(default=0, ge=0)
     # A term matching more memories than this is dropped from the query (too common).
     max_term_matches: int = Field(default=2000, ge=1)
+    # Dense vectors (off by default: the offline default has no embedding model). With a
+    # model named, memories are embedded after the reply and the message before retrieval;
+    # the `openai` backend asks its server's /embeddings, `local` loads this GGUF path.
+    embedding_model: str | None = None
+    weight_dense: float = Field(default=1.0, ge=0.0)
+    dense_candidates: int = Field(default=50, ge=1)
 
 
 class GatingSettings(BaseModel):
@@ -197,6 +203,9 @@ class SleepSettings(BaseModel):
     # "extractive" needs no model; "narrative" asks the narrative model to word each
     # digest (and falls back to the extractive text on any model failure).
     method: Literal["extractive", "narrative"] = "extractive"
+    # How often (wall seconds) the running server checks whether a sleep is due; 0: never
+    # on its own (`persona sleep` and POST /persona/sleep still run one).
+    check_every_s: float = Field(default=60.0, ge=0.0)
 
 
 class DialogueSettings(BaseModel):

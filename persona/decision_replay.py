@@ -40,6 +40,7 @@ from persona.events.identity import IdentityState
 from persona.llm.base import Backend, GenOptions, LLMError
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.context import Stage, StageEnv, TurnContext, TurnRequest
+from persona.pipeline.dense import decode
 from persona.pipeline.prompts import PromptSet
 from persona.pipeline.revision import revise
 from persona.pipeline.runner import DEFAULT_STAGES
@@ -105,6 +106,17 @@ class RecordedBackend(ScriptedBackend):
 
     def context_window(self) -> int:
         return self._tokens.context_window() if self._tokens else super().context_window()
+
+    def substitute_vectors(self, vectors: Sequence[str | None]) -> None:
+        """Queue the logged message embeddings of the next turn, one per memory round."""
+        self._vectors = list(vectors)
+
+    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """The logged embedding of the message (a round that logged none failed live)."""
+        logged = self._vectors.pop(0) if getattr(self, "_vectors", None) else None
+        if logged is None:
+            raise LLMError("no embedding was logged for this retrieval")
+        return [[float(x) for x in decode(logged)]]
 
     def substitute(self, info: ClassifierInfo | None) -> None:
         """Queue the logged classifier exchange of the next turn (None: none was made)."""
@@ -290,6 +302,13 @@ async def _replay_turn(
 
     perception = next(iter(recorded.get(Perception, [])), None)
     backend.substitute(perception.classifier if isinstance(perception, Perception) else None)
+    backend.substitute_vectors(
+        [
+            m.query_vector
+            for m in recorded.get(MemoryRetrieval, [])
+            if isinstance(m, MemoryRetrieval)
+        ]
+    )
 
     async def run(stage: Stage) -> None:
         out = await stage.run(ctx, env)

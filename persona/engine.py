@@ -7,11 +7,15 @@ import logging
 
 from persona.clock import Clock
 from persona.config import Settings
-from persona.llm.base import Backend
+from persona.llm.base import Backend, LLMError
 from persona.personas import ensure_persona
+from persona.pipeline import dense
 from persona.pipeline.broadcast import Broadcaster
 from persona.pipeline.runner import TurnRunner
 from persona.projector import Projector
+from persona.sleep import SleepReport, due, sleep
+from persona.storage import queries, sleep_queries
+from persona.storage.eventlog import NewEvent
 from persona.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,10 +37,22 @@ class Engine:
         self.broadcaster = Broadcaster(settings.server.subscriber_buffer)
         # Set once the backend has loaded (or failed to): turns wait for it, pages show it.
         self.ready = asyncio.Event()
-        self.runner = TurnRunner(self.store, backend, settings, self.broadcaster, ready=self.ready)
+        self.runner = TurnRunner(
+            self.store,
+            backend,
+            settings,
+            self.broadcaster,
+            ready=self.ready,
+            after_turn=self._after_turn,
+        )
+        self._embedding: dict[str, asyncio.Task[int]] = {}
+        self._embed_locks: dict[str, asyncio.Lock] = {}
         self.default_persona_id = ""
         self._warming: asyncio.Task[None] | None = None
         self._draining: asyncio.Future[None] | None = None
+        self._sleeper: asyncio.Task[None] | None = None
+        # Per persona: the newest activity when its last inactivity sleep ran.
+        self._slept_spell: dict[str, str | None] = {}
         # The loop the engine runs on (set by start): signal handlers schedule onto it.
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -53,6 +69,85 @@ class Engine:
         # Load the model in the background: the server answers (and shows "warming up")
         # at once; turns submitted meanwhile wait for it, then run.
         self._warming = asyncio.create_task(self._warm(), name="persona-warm")
+        if self.settings.sleep.check_every_s > 0:
+            self._sleeper = asyncio.create_task(self._sleep_loop(), name="persona-sleep")
+
+    async def maybe_sleep(self, persona_id: str) -> SleepReport | None:
+        """Consolidate the persona's memories if a sleep is due (context pressure, or an
+        idle spell on the chat clock), at most once per idle spell; None when not due."""
+        now = self.store.clock.now()
+        trigger = await self.store.read(due, persona_id, now, self.settings.sleep)
+        if trigger is None:
+            return None
+        figures = await self.store.read(sleep_queries.pressure, persona_id)
+        if trigger == "inactivity" and self._slept_spell.get(persona_id) == figures.last_activity:
+            return None  # this spell's sleep ran; what is left did not group
+        report = await sleep(self.store, persona_id, trigger, self.settings.sleep, self.backend)
+        self._slept_spell[persona_id] = figures.last_activity
+        log.info(
+            "sleep (%s) for %s: %d digest(s), %d belief(s)",
+            trigger,
+            persona_id,
+            report.digests,
+            report.beliefs,
+        )
+        return report
+
+    def _after_turn(self, persona_id: str) -> None:
+        """Embed the turn's new memories off the turn path (when a model is configured)."""
+        model = self.settings.memory.embedding_model
+        if not model or not self.backend.supports_embeddings:
+            return
+        running = self._embedding.get(persona_id)
+        if running is None or running.done():
+            self._embedding[persona_id] = asyncio.create_task(self.embed_pending(persona_id))
+
+    async def embed_pending(self, persona_id: str, batch: int = 64) -> int:
+        """Write `memory.embedded` for the persona's memories without a vector of the
+        configured model (also catches up after a restart or a failed call); returns how
+        many. A failed call leaves them for the next turn: lexical retrieval still works."""
+        model = self.settings.memory.embedding_model
+        if not model:
+            return 0
+        # One at a time per persona: two runs would embed the same memories twice.
+        lock = self._embed_locks.setdefault(persona_id, asyncio.Lock())
+        async with lock:
+            return await self._embed_unembedded(persona_id, model, batch)
+
+    async def _embed_unembedded(self, persona_id: str, model: str, batch: int) -> int:
+        done = 0
+        while True:
+            todo = await self.store.read(queries.unembedded, persona_id, model, batch)
+            if not todo:
+                return done
+            try:
+                vectors = await self.backend.embed([text for _, text in todo], model)
+            except LLMError as exc:
+                log.warning("embedding %d memories failed, retried later: %s", len(todo), exc)
+                return done
+            events = [
+                NewEvent(
+                    payload=dense.embedded(mid, persona_id, model, vec),
+                    stream_id=f"persona:{persona_id}",
+                    actor="memory",
+                )
+                for (mid, _), vec in zip(todo, vectors, strict=True)
+            ]
+            await self.store.append(events)
+            done += len(events)
+
+    async def _sleep_loop(self) -> None:
+        """Check every persona for a due sleep, every `sleep.check_every_s` seconds."""
+        while True:
+            await asyncio.sleep(self.settings.sleep.check_every_s)
+            if self._draining is not None:
+                return
+            try:
+                personas = await self.store.read(queries.list_personas)
+                for p in personas:
+                    await self.maybe_sleep(p["persona_id"])
+            except Exception as exc:  # a failed sleep is retried next time; nothing is lost
+                log.error("sleep check failed: %s", exc)
 
     async def _warm(self) -> None:
         try:
@@ -83,6 +178,10 @@ class Engine:
         they are recorded as failed.
         """
         await self.begin_shutdown()
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+            await asyncio.gather(self._sleeper, return_exceptions=True)
+        await asyncio.gather(*self._embedding.values(), return_exceptions=True)
         if self._warming is not None:
             await asyncio.wait([self._warming], timeout=60)
         await self.backend.aclose()

@@ -125,6 +125,8 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("PERSONA_") or key == "OPENAI_API_KEY":
             monkeypatch.delenv(key)
     monkeypatch.setenv("PERSONA_CONFIG_FILE", str(tmp_path / "absent-config.toml"))
+    # The server's own sleep check fires on the wall clock; tests call maybe_sleep.
+    monkeypatch.setenv("PERSONA_SLEEP__CHECK_EVERY_S", "0")
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible server on loopback whose every answer a test (or bench) chooses.
 
 `POST /v1/chat/completions` (streamed or not) takes the next queued mode (`normal` when
-the queue is empty); `GET /v1/models` lists one model. Every request is kept (`requests`)
+the queue is empty); `GET /v1/models` lists one model; `POST /v1/embeddings` answers
+small deterministic vectors. Every request is kept (`requests`)
 with its headers, so a test can check what auth a client sent. Bodies are close-delimited
 (HTTP/1.0): a stream can simply stop, as a dropped upstream does.
 
@@ -205,6 +206,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.loads(raw or b"{}")
+        if self.path.rstrip("/").endswith("/embeddings"):
+            self.fake.requests.append(Seen("POST", self.path, _headers(self), body, "embeddings"))
+            self._send(200, "application/json", json.dumps(_embeddings(body)).encode())
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send(404, "application/json", b'{"error": {"message": "not found"}}')
             return
@@ -289,6 +294,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             text = self._text(mode)
             self._send(200, "application/json", _completion(text, _FINISH.get(kind, "stop")))
+
+
+def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/embeddings`: each input's vector is [characters, words, 1.0], listed in
+    reverse order (each item names its index, as the API's do)."""
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    vectors = [[float(len(t)), float(len(t.split())), 1.0] for t in texts]
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    usage = {"prompt_tokens": 0, "total_tokens": 0}
+    return {"object": "list", "model": body["model"], "data": data[::-1], "usage": usage}
 
 
 def _headers(handler: http.server.BaseHTTPRequestHandler) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 
+import pytest
 from helpers import run_turn
 
 from persona.events import (
@@ -257,3 +258,122 @@ async def test_near_duplicates_inhibit_each_other(engine, backend):
     first, last = meta["competition"]["trace"][0], meta["competition"]["trace"][-1]
     weaker = min(first, key=lambda k: (first[k], k))
     assert last[weaker] < first[weaker]  # pushed down by its stronger twin
+
+
+# ---- when the persona sleeps ------------------------------------------------------------
+
+
+async def _garden_talk(engine) -> None:  # type: ignore[no-untyped-def]
+    engine.backend.enqueue(*(["Lovely."] * 4))
+    for line in (
+        "My garden has tomatoes this summer",
+        "The tomatoes in my garden are ripening",
+        "I water the garden tomatoes every morning",
+        "Garden tomatoes taste better than shop ones",
+    ):
+        await run_turn(engine, line, chat_id="g")
+
+
+async def test_context_pressure_triggers_a_sleep(tmp_path):
+    from helpers import engine_with
+
+    async with engine_with(tmp_path, sleep={"pressure_l1": 3, "check_every_s": 0}) as engine:
+        await _garden_talk(engine)
+        report = await engine.maybe_sleep("default")
+        assert report is not None and report.trigger == "pressure" and report.digests >= 1
+        assert await engine.maybe_sleep("default") is None  # nothing new to consolidate
+
+
+async def test_an_idle_spell_triggers_one_sleep(tmp_path):
+    from datetime import timedelta
+
+    from helpers import engine_with
+
+    async with engine_with(tmp_path, sleep={"check_every_s": 0}) as engine:
+        await _garden_talk(engine)
+        assert await engine.maybe_sleep("default") is None  # not idle yet
+        engine.store.clock.advance(timedelta(hours=6))
+        report = await engine.maybe_sleep("default")
+        assert report is not None and report.trigger == "inactivity"
+        # The same idle spell: no second sleep, even though a note may be left ungrouped.
+        assert await engine.maybe_sleep("default") is None
+
+
+async def test_the_running_server_checks_for_a_due_sleep_on_its_own(tmp_path):
+    import asyncio
+
+    from helpers import engine_with
+
+    from persona.events import MemoryConsolidated
+
+    async with engine_with(tmp_path, sleep={"pressure_l1": 3, "check_every_s": 0.05}) as engine:
+        await _garden_talk(engine)
+        for _ in range(400):  # a hang guard, not a time bound: it stops at the first sleep
+            if _events(engine, MemoryConsolidated):
+                break
+            await asyncio.sleep(0.05)
+        (diff,) = _events(engine, MemoryConsolidated)
+    assert diff.trigger == "pressure" and diff.digests
+
+
+async def test_a_users_memory_is_found_behind_many_better_matches_of_others(tmp_path):
+    from helpers import engine_with
+
+    async with engine_with(tmp_path, memory={"fts_candidates": 1}) as engine:
+        mine = await run_turn(engine, "my kite is green", user_id="bob", chat_id="b")
+        for i in range(6):  # better matches (the word twice), none of them Bob's
+            await run_turn(engine, f"kite kite day {i}", user_id="ann", chat_id=f"a{i}")
+        meta = (await run_turn(engine, "kite", user_id="bob", chat_id="q"))["meta"]
+    # The first look (4 x 1 rows) holds only Ann's; the wider one finds Bob's.
+    assert [m["memory_id"] for m in meta["memory"]["retrieved"]] == [f"ep:{mine['turn_id']}"]
+
+
+# ---- optional dense vectors -------------------------------------------------------------
+
+
+async def test_dense_vectors_join_retrieval_and_replay_bit_for_bit(tmp_path):
+    from helpers import engine_with
+
+    from persona.decision_replay import replay_decisions
+    from persona.events import MemoryEmbedded
+
+    async with engine_with(tmp_path, memory={"embedding_model": "hash-64"}) as engine:
+        engine.backend.enqueue("Nice.", "Nice.", "Nice.")
+        told = await run_turn(engine, "my green kite flew over the harbour", chat_id="a")
+        await engine.embed_pending("default")  # what the after-turn task does
+        vectors = _events(engine, MemoryEmbedded)
+        assert [v.memory_id for v in vectors] == [f"ep:{told['turn_id']}"]
+        assert await engine.embed_pending("default") == 0  # nothing left to embed
+        meta = (await run_turn(engine, "the kite over the harbour", chat_id="b"))["meta"]
+        top = meta["memory"]["retrieved"][0]
+        assert top["memory_id"] == f"ep:{told['turn_id']}"
+        assert 0.0 < top["dense"] <= 1.0
+        # The dense part joins the score: (lexical·(1 + 0.5·names) + 1.0·dense + ...) / 2.54.
+        expected = (
+            top["lexical"] * (1 + 0.5 * top["entity"])
+            + top["dense"]
+            + 0.02 * top["recency"]
+            + 0.02 * top["importance"]
+        ) / 2.54
+        assert top["score"] == pytest.approx(expected, abs=2e-4)
+        report = await replay_decisions(engine.settings.db_path, engine.settings)
+    assert report.ok, [d.render() for d in report.differences]
+
+
+async def test_a_failed_embedding_leaves_retrieval_lexical_and_the_turn_whole(tmp_path):
+    from helpers import engine_with
+
+    from persona.llm.base import LLMError
+
+    async with engine_with(tmp_path, memory={"embedding_model": "hash-64"}) as engine:
+        told = await run_turn(engine, "my green kite flew over the harbour", chat_id="a")
+
+        async def broken(texts, model):  # type: ignore[no-untyped-def]
+            raise LLMError("embedding server down")
+
+        engine.backend.embed = broken  # type: ignore[method-assign]
+        assert await engine.embed_pending("default") == 0
+        result = await run_turn(engine, "the kite over the harbour", chat_id="b")
+    retrieved = result["meta"]["memory"]["retrieved"]
+    assert retrieved[0]["memory_id"] == f"ep:{told['turn_id']}" and retrieved[0]["dense"] is None
+    assert result["reply"]

@@ -96,6 +96,13 @@ def test_chat_page_shows_history_failed_turns_and_the_last_turns_state(
     budget = meta["token_budget"]
     assert f"{budget['used']} / {budget['context'] - budget['reply']}" in drawer
     assert "Decision candidates" in drawer and meta["decision_candidates"][0]["reason"] in drawer
+    comp = meta["competition"]
+    assert (
+        f'data-testid="competition">workspace competition: {len(comp["winners"])} of'
+        f' {len(comp["salience"])} won (K 7)'
+    ) in drawer
+    top = meta["memory"]["retrieved"][0]
+    assert f"score {top['score']:.2f} · lexical {top['lexical']:.2f} · names" in drawer
     assert "used" in drawer and "score" in drawer  # the memory retrieved from turn one
     assert "scripted · scripted" in drawer
     for stage in ("perception", "memory", "gating", "metacognition", "speaker"):

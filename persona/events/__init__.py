@@ -45,6 +45,7 @@ from persona.events.memory import (
     MemoryConsolidated,
     MemoryDeleted,
     MemoryEdited,
+    MemoryEmbedded,
     MemoryPinned,
     MemoryWritten,
     Utterance,
@@ -83,6 +84,7 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     MemoryPinned,
     MemoryDeleted,
     MemoryConsolidated,
+    MemoryEmbedded,
 )
 
 CATALOG = Catalog(EVENT_TYPES)
@@ -110,6 +112,7 @@ __all__ = [
     "MemoryConsolidated",
     "MemoryDeleted",
     "MemoryEdited",
+    "MemoryEmbedded",
     "MemoryPinned",
     "MemoryRetrieval",
     "MemoryWritten",

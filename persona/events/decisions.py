@@ -122,6 +122,7 @@ class RetrievedMemory(Model):
     recency: float = Field(description="exponential decay in chat-clock hours, 1 = now")
     importance: float
     entity: float = Field(default=0.0, description="share of the message's names it mentions")
+    dense: float | None = Field(default=None, description="cosine with the message (0..1)")
     tier: str = "L1"
     kind: str = "exchange"
     said: list[Utterance] = Field(default_factory=list, description="who said what")
@@ -143,6 +144,10 @@ class MemoryRetrieval(EventPayload):
     )
     pinned: list[CoreMemory] = Field(
         default_factory=list, description="memories the user pinned to L3: always in context"
+    )
+    dense_model: str | None = Field(default=None, description="the embedding model asked")
+    query_vector: str | None = Field(
+        default=None, description="the message's embedding (base64 float32), for replay"
     )
 
 

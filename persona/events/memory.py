@@ -8,11 +8,12 @@ an edit is a new version, a deletion a tombstone, a consolidation marks its orig
 
 from __future__ import annotations
 
+import base64
 import re
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from persona.events.base import EventPayload, Model
 
@@ -162,3 +163,26 @@ class FactRecorded(EventPayload):
     dst: str
     text: str = Field(description="the sentence it came from")
     supersedes: list[str] = Field(default_factory=list, description="edge ids it retires")
+
+
+class MemoryEmbedded(EventPayload):
+    """A dense vector of a memory's text, from the embedding model `model` (one per memory:
+    a later one, after an edit or with another model, replaces it)."""
+
+    event_type: ClassVar[str] = "memory.embedded"
+
+    memory_id: str
+    persona_id: str
+    model: str
+    dim: int = Field(ge=1)
+    vector: str = Field(description="base64 of `dim` little-endian float32 values")
+
+    @model_validator(mode="after")
+    def _vector_has_dim_values(self) -> MemoryEmbedded:
+        try:
+            raw = base64.b64decode(self.vector, validate=True)
+        except ValueError as exc:
+            raise ValueError("vector is not base64") from exc
+        if len(raw) != 4 * self.dim:
+            raise ValueError(f"vector holds {len(raw) // 4} float32 values, not dim={self.dim}")
+        return self

@@ -59,6 +59,10 @@ class LLMError(RuntimeError):
     """The backend failed to produce (the rest of) a reply."""
 
 
+class EmbeddingUnsupported(LLMError):
+    """The backend has no way to embed text (dense retrieval needs another backend)."""
+
+
 @dataclass(frozen=True)
 class Deadlines:
     """How long one model call may take (None: unbounded).
@@ -105,6 +109,8 @@ class Backend:
     # Enforced by LLMResponse around `_stream`, whatever the backend (see Deadlines).
     deadlines: Deadlines = Deadlines()
     supports_structured: ClassVar[bool] = False
+    # Whether `embed` works (dense retrieval needs it).
+    supports_embeddings: ClassVar[bool] = False
     # Whether a system message may follow the conversation (strict chat templates refuse).
     late_system_ok: ClassVar[bool] = False
     # How many stop sequences the backend passes on (OpenAI's API takes at most four).
@@ -159,6 +165,10 @@ class Backend:
     def structured_create(self) -> Callable[..., Any]:
         """Return an OpenAI-style `chat.completions.create` callable for instructor."""
         raise NotImplementedError(f"{self.name} backend has no structured output")
+
+    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """One vector per text, in order, from the embedding model `model`. Raise LLMError."""
+        raise EmbeddingUnsupported(f"{self.name} backend cannot embed text")
 
     async def warm(self) -> None:
         """Load whatever the first turn would otherwise wait for (default: nothing)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from persona.config import Settings
 from persona.llm.base import Backend, ChatMessage, Deadlines, GenOptions, LLMError, Usage
 
@@ -77,6 +79,8 @@ class _Shared:
 
 
 _cache: dict[tuple[str, int, int | None], _Shared] = {}
+# Embedding models, by path: a separate context (llama.cpp's embedding mode).
+_embedders: dict[str, _Shared] = {}
 _cache_lock = threading.Lock()
 
 
@@ -84,9 +88,10 @@ def close_models() -> None:
     """Free every loaded model now (at exit: before the interpreter tears down the modules
     llama.cpp's finalizers need, which otherwise print an ignored TypeError)."""
     with _cache_lock:
-        for shared in _cache.values():
+        for shared in (*_cache.values(), *_embedders.values()):
             shared.llm.close()
         _cache.clear()
+        _embedders.clear()
 
 
 atexit.register(close_models)
@@ -124,6 +129,32 @@ def shared_model(path: Path, n_ctx: int, n_threads: int | None) -> _Shared:
         return _cache[key]
 
 
+def shared_embedder(path: Path) -> _Shared:
+    """Load the GGUF at `path` in embedding mode once per process and return it."""
+    key = str(path)
+    with _cache_lock:
+        if key not in _embedders:
+            if not path.is_file():
+                raise LLMError(f"embedding model file not found: {path}")
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise LLMError("llama-cpp-python is not installed") from exc
+            try:
+                llm = Llama(model_path=str(path), embedding=True, verbose=False)
+            except Exception as exc:
+                raise LLMError(f"cannot load embedding model {path.name}: {exc}") from exc
+            _embedders[key] = _Shared(llm, threading.Lock(), None)
+        return _embedders[key]
+
+
+def _pooled(vector: Any) -> list[float]:
+    """One vector per text: a model without pooling gives one per token, averaged here."""
+    array = np.asarray(vector, dtype=np.float64)
+    pooled: list[float] = (array.mean(axis=0) if array.ndim == 2 else array).tolist()
+    return pooled
+
+
 class LocalBackend(Backend):
     """Generate with llama.cpp in a worker thread; the event loop never blocks on it."""
 
@@ -133,6 +164,7 @@ class LocalBackend(Backend):
     # llama-cpp-python builds a grammar from a json_object "schema"; instructor's
     # JSON_SCHEMA mode carries the schema, which structured_create moves there.
     structured_mode: ClassVar[str] = "json_schema"
+    supports_embeddings: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, model_path: Path | None = None):
         chosen = model_path or settings.llm.local_model_path
@@ -222,6 +254,23 @@ class LocalBackend(Backend):
                 yield value
         finally:
             stop.set()
+
+    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """Embed with the GGUF at path `model` (loaded once, in a thread, off the loop)."""
+        if not texts:
+            return []
+
+        def work() -> list[list[float]]:
+            shared = shared_embedder(Path(model).expanduser())
+            try:
+                with shared.lock:
+                    # One text per call: in a batch, llama-cpp-python hands a model without
+                    # pooling the wrong token vectors for every text after the first.
+                    return [_pooled(shared.llm.embed(text)) for text in texts]
+            except Exception as exc:
+                raise LLMError(f"local embedding failed: {exc}") from exc
+
+        return await asyncio.to_thread(work)
 
     def context_window(self) -> int:
         return self.n_ctx

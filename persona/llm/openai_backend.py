@@ -41,6 +41,7 @@ class OpenAIBackend(Backend):
 
     name: ClassVar[str] = "openai"
     supports_structured: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = True
     # Standard json_schema response_format (OpenAI, vLLM, Ollama, LM Studio, llama-server);
     # servers that reject it get llama-cpp-python's json_object + schema instead.
     structured_mode: ClassVar[str] = "json_schema"
@@ -162,6 +163,30 @@ class OpenAIBackend(Backend):
                 f" (finish_reason={finish!r})"
             )
         return choices[0].message.content or ""
+
+    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """Ask the server's `/embeddings` for one vector per text, within the call deadline."""
+        if not texts:
+            return []
+        try:
+            async with asyncio.timeout(self.deadlines.total_s) as deadline:
+                # Plain floats: some compatible servers do not implement base64.
+                response = await self._client.embeddings.create(
+                    model=model, input=texts, encoding_format="float"
+                )
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise LLMError(
+                    f"openai backend ({self._where}): the embedding deadline"
+                    f" ({self.deadlines.total_s:g}s) passed"
+                ) from None
+            raise self._error(exc) from None
+        data = sorted(getattr(response, "data", None) or [], key=lambda d: d.index)
+        if len(data) != len(texts):
+            raise LLMError(
+                f"openai backend ({self._where}): {len(data)} embeddings for {len(texts)} texts"
+            )
+        return [list(d.embedding) for d in data]
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import re
 import time
 from collections import deque
@@ -15,6 +17,14 @@ from persona.llm.base import Backend, ChatMessage, Deadlines, GenOptions, LLMErr
 from persona.llm.tokenize import tiktoken_counter
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
+_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Words that carry no topic: without them two texts are close only by what they are about.
+_FUNCTION_WORDS = frozenset(
+    "a an and are as at be but by did do does for from had has have he her him his i i'm"
+    " in is it it's its me my of on or our she so that the their them they this to was we"
+    " were what when where who why will with you your".split()
+)
+EMBED_DIM = 64
 
 
 @dataclass
@@ -47,6 +57,7 @@ class ScriptedBackend(Backend):
 
     name: ClassVar[str] = "scripted"
     supports_structured: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = True
     late_system_ok: ClassVar[bool] = True
 
     def __init__(
@@ -68,6 +79,7 @@ class ScriptedBackend(Backend):
             self.deadlines = deadlines
         self.calls: list[list[ChatMessage]] = []
         self.structured_calls = 0
+        self.embed_calls: list[tuple[list[str], str]] = []  # (texts, model) per call
 
     def enqueue(self, *replies: Scripted) -> None:
         """Queue replies for the next generations, in order."""
@@ -105,6 +117,11 @@ class ScriptedBackend(Backend):
             yield piece
         if isinstance(reply, FailAfter):
             raise LLMError(reply.error)
+
+    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """A hashed bag of content words, L2-normalized: texts sharing words are close."""
+        self.embed_calls.append((list(texts), model))
+        return [bag_of_words_vector(text) for text in texts]
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)
@@ -145,6 +162,18 @@ class ScriptedBackend(Backend):
             )
 
         return create
+
+
+def bag_of_words_vector(text: str, dim: int = EMBED_DIM) -> list[float]:
+    """Count each content word in a bucket chosen by a stable hash (not `hash()`, which
+    changes per process), then scale to unit length (all zeros when no content word)."""
+    vector = [0.0] * dim
+    for word in _WORD_RE.findall(text.lower()):
+        if word not in _FUNCTION_WORDS:
+            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+            vector[int.from_bytes(digest, "little") % dim] += 1.0
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm else vector
 
 
 def as_json(obj: Any) -> str:

@@ -16,6 +16,7 @@ formulas and the reasons.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -31,11 +32,15 @@ from persona.events import (
     RetrievedMemory,
     Utterance,
 )
+from persona.llm.base import LLMError
+from persona.pipeline import dense
 from persona.pipeline.context import StageEnv, StageOutput, TurnContext
 from persona.pipeline.extract import entities
 from persona.pipeline.text import content_words
 from persona.storage import queries
 from persona.storage.queries import MemoryHit
+
+log = logging.getLogger(__name__)
 
 MAX_TERMS = 24
 PINNED_LIMIT = 8  # pinned memories always in context, oldest first
@@ -71,6 +76,7 @@ class _Parts:
     lexical: float | None
     recency: float
     entity: float
+    dense: float | None = None
 
 
 def _reciprocal(order: list[_Parts], weight: float, k: int) -> dict[str, float]:
@@ -78,7 +84,11 @@ def _reciprocal(order: list[_Parts], weight: float, k: int) -> dict[str, float]:
 
 
 def _parts(
-    candidates: list[MemoryHit], now: datetime, names: frozenset[str], s: MemorySettings
+    candidates: list[MemoryHit],
+    now: datetime,
+    names: frozenset[str],
+    s: MemorySettings,
+    cosines: dict[str, float] | None = None,
 ) -> list[_Parts]:
     out = []
     for c in candidates:
@@ -89,6 +99,7 @@ def _parts(
                 c.lexical,
                 recency(c.created_at, now, s.recency_half_life_h),
                 len(found) / len(names) if names else 0.0,
+                None if cosines is None else max(cosines.get(c.memory_id, 0.0), 0.0),
             )
         )
     return out
@@ -104,6 +115,7 @@ def _retrieved(p: _Parts, score: float) -> RetrievedMemory:
         recency=round(p.recency, 4),
         importance=round(p.hit.importance, 4),
         entity=round(p.entity, 4),
+        dense=None if p.dense is None else round(p.dense, 4),
         tier=p.hit.tier,
         kind=p.hit.kind,
         said=[Utterance.model_validate(u) for u in json.loads(p.hit.said)],
@@ -120,13 +132,17 @@ def fuse_scores(parts: list[_Parts], s: MemorySettings) -> list[RetrievedMemory]
              + weight_importance)
 
     Lexical relevance leads and the names the message shares with the memory multiply
-    it; recency and importance only break near-ties. 0..1.
+    it; recency and importance only break near-ties. With dense vectors, `weight_dense *
+    cosine` joins the sum (and the divisor). 0..1.
     """
+    dense = any(p.dense is not None for p in parts)
     best = 1.0 + s.weight_entity + s.weight_recency + s.weight_importance
+    best += s.weight_dense if dense else 0.0
     out = []
     for p in parts:
         raw = (
             (p.lexical or 0.0) * (1.0 + s.weight_entity * p.entity)
+            + s.weight_dense * (p.dense or 0.0)
             + s.weight_recency * p.recency
             + s.weight_importance * p.hit.importance
         )
@@ -147,7 +163,11 @@ def fuse_rrf(parts: list[_Parts], s: MemorySettings) -> list[RetrievedMemory]:
         return sorted((p for p in parts if only(p)), key=lambda p: (-value(p), p.hit.memory_id))
 
     k = s.rrf_k
+    dense = [p for p in parts if p.dense is not None and p.dense > 0]
     lists = [
+        _reciprocal(
+            sorted(dense, key=lambda p: (-(p.dense or 0.0), p.hit.memory_id)), s.weight_dense, k
+        ),
         _reciprocal(
             order(lambda p: p.lexical or 0.0, lambda p: p.lexical is not None), s.weight_lexical, k
         ),
@@ -156,7 +176,7 @@ def fuse_rrf(parts: list[_Parts], s: MemorySettings) -> list[RetrievedMemory]:
         _reciprocal(order(lambda p: p.entity, lambda p: p.entity > 0), s.weight_entity, k),
     ]
     weights = (s.weight_lexical, s.weight_recency, s.weight_importance, s.weight_entity)
-    best = sum(weights) / (k + 1)
+    best = (sum(weights) + (s.weight_dense if dense else 0.0)) / (k + 1)
     return [
         _retrieved(p, sum(x.get(p.hit.memory_id, 0.0) for x in lists) / best if best > 0 else 0.0)
         for p in parts
@@ -164,10 +184,15 @@ def fuse_rrf(parts: list[_Parts], s: MemorySettings) -> list[RetrievedMemory]:
 
 
 def fuse(
-    candidates: list[MemoryHit], now: datetime, names: frozenset[str], s: MemorySettings
+    candidates: list[MemoryHit],
+    now: datetime,
+    names: frozenset[str],
+    s: MemorySettings,
+    cosines: dict[str, float] | None = None,
 ) -> list[RetrievedMemory]:
-    """Rank candidates with the configured fusion; best first, ties by memory id."""
-    parts = _parts(candidates, now, names, s)
+    """Rank candidates with the configured fusion; best first, ties by memory id.
+    `cosines`: the dense search's (None: no dense vectors in use)."""
+    parts = _parts(candidates, now, names, s, cosines)
     ranked = fuse_rrf(parts, s) if s.fusion == "rrf" else fuse_scores(parts, s)
     ranked.sort(key=lambda r: (-r.score, r.memory_id))
     return ranked
@@ -189,6 +214,7 @@ def gather(
     user_id: str,
     terms: list[str],
     s: MemorySettings,
+    dense_ids: Sequence[str] = (),
 ) -> Gathered:
     """Candidates (lexical matches, then the newest memories), the core and pinned ones."""
     dropped = queries.common_terms(conn, terms, s.max_term_matches)
@@ -200,12 +226,31 @@ def gather(
         found[hit.memory_id] = hit
     for hit in queries.recent_memories(conn, persona_id, user_id, s.recent_candidates):
         found.setdefault(hit.memory_id, hit)
+    missing = [i for i in dense_ids if i not in found]
+    for hit in queries.memory_hits(conn, missing):
+        found.setdefault(hit.memory_id, hit)
     return Gathered(
         list(found.values()),
         queries.core_memory(conn, persona_id),
         queries.pinned_memories(conn, persona_id, user_id, PINNED_LIMIT),
         dropped,
     )
+
+
+def _cosines(
+    conn: sqlite3.Connection,
+    persona_id: str,
+    model: str,
+    query: Sequence[float] | None,
+    got: Gathered,
+    found: dict[str, float],
+) -> dict[str, float]:
+    """Cosines for every candidate: the dense search's, and the stored vectors of the
+    lexical candidates it did not rank (0 for a memory with no vector yet)."""
+    if query is None:
+        return found
+    rest = [c.memory_id for c in got.candidates if c.memory_id not in found]
+    return {**found, **dense.cosines(conn, persona_id, model, query, rest)}
 
 
 def retrieve(
@@ -216,19 +261,33 @@ def retrieve(
     now: datetime,
     s: MemorySettings,
     extra_terms: Sequence[str] = (),
+    query_vector: Sequence[float] | None = None,
 ) -> MemoryRetrieval:
-    """The memory stage's decision for a message (the eval runs exactly this too)."""
+    """The memory stage's decision for a message (the eval runs exactly this too).
+
+    `query_vector`: the message's embedding when `embedding_model` is set (dense search
+    adds its best `dense_candidates` and a cosine to every candidate)."""
     terms = search_terms(message)
     if extra_terms:
         terms = sorted(set(terms) | set(extra_terms))
-    got = gather(conn, persona_id, user_id, terms, s)
+    cosines: dict[str, float] | None = None
+    if query_vector is not None and s.embedding_model:
+        found = dense.search(
+            conn, persona_id, user_id, s.embedding_model, query_vector, s.dense_candidates
+        )
+        cosines = dict(found)
+    got = gather(conn, persona_id, user_id, terms, s, list(cosines or ()))
+    if cosines is not None:
+        cosines = _cosines(conn, persona_id, s.embedding_model or "", query_vector, got, cosines)
     core = got.core
     return MemoryRetrieval(
         query=" ".join(terms) or None,
         candidates=len(got.candidates),
         core=CoreMemory(memory_id=core.memory_id, content=core.content) if core else None,
-        results=fuse(got.candidates, now, query_names(message), s)[: s.top_k],
+        results=fuse(got.candidates, now, query_names(message), s, cosines)[: s.top_k],
         dropped_terms=got.dropped,
+        dense_model=s.embedding_model if query_vector is not None else None,
+        query_vector=dense.encode(query_vector) if query_vector is not None else None,
         pinned=[
             CoreMemory(
                 memory_id=m.memory_id,
@@ -238,6 +297,18 @@ def retrieve(
             for m in got.pinned
         ],
     )
+
+
+async def query_vector(env: StageEnv, message: str, s: MemorySettings) -> list[float] | None:
+    """The message's embedding, or None: no embedding model configured, a backend without
+    embeddings, or a failed call (retrieval then runs lexical only; the turn goes on)."""
+    if not s.embedding_model or not env.backend.supports_embeddings:
+        return None
+    try:
+        return (await env.backend.embed([message], s.embedding_model))[0]
+    except LLMError as exc:
+        log.warning("embedding the message failed, lexical retrieval only: %s", exc)
+        return None
 
 
 class MemoryStage:
@@ -259,7 +330,8 @@ class MemoryStage:
                 }
             )
         r = ctx.request
+        vector = await query_vector(env, r.message, s)
         found = await env.store.read(
-            retrieve, r.persona_id, r.user_id, r.message, ctx.now, s, extra
+            retrieve, r.persona_id, r.user_id, r.message, ctx.now, s, extra, vector
         )
         return StageOutput(found)

@@ -91,6 +91,7 @@ class MetaRetrieved(_Meta):
     used: bool
     content: str = Field(description="the first 280 characters")
     entity: float = Field(default=0.0, description="share of the message's names it mentions")
+    dense: float | None = Field(default=None, description="cosine with the message (dense on)")
     tier: str = "L1"
 
 
@@ -355,6 +356,7 @@ def build_meta(events: Sequence[Event]) -> Meta:
                     used=m.memory_id in selected,
                     content=m.content[:280],
                     entity=m.entity,
+                    dense=m.dense,
                     tier=m.tier,
                 )
                 for m in memory.results

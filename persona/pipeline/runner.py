@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,9 +139,12 @@ class TurnRunner:
         post_stages: Sequence[PostStage] = DEFAULT_POST_STAGES,
         prompts: PromptSet | None = None,
         ready: asyncio.Event | None = None,
+        after_turn: Callable[[str], None] | None = None,
     ):
         self.store = store
         self.backend = backend
+        # Called with the persona id once a turn has ended (completed or failed).
+        self.after_turn = after_turn
         self.settings = settings
         self.broadcaster = broadcaster
         self.stages = tuple(stages)
@@ -329,6 +332,8 @@ class TurnRunner:
             async with self._running:  # at most server.concurrent_turns at once
                 slot.started = True
                 await self._execute(request, slot.handle)
+            if self.after_turn is not None:
+                self.after_turn(request.persona_id)
         finally:
             self._release(request.chat_id, slot)
 

@@ -16,6 +16,8 @@ PROJECTION_TABLES: tuple[str, ...] = (
     "turns",
     "messages",
     "memory",
+    "memory_witness",
+    "memory_vector",
     "edge",
     "telemetry",
     "chat_state",

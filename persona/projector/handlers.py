@@ -6,6 +6,7 @@ event, never from a clock, so replaying the log gives the same bytes.
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ from persona.events.memory import (
     MemoryConsolidated,
     MemoryDeleted,
     MemoryEdited,
+    MemoryEmbedded,
     MemoryPinned,
 )
 from persona.storage.eventlog import Event
@@ -262,10 +264,10 @@ def _context(conn: sqlite3.Connection, p: MemoryWritten) -> str:
     question about a moment often shares its words with the lines around the answer."""
     if p.tier != "L1" or p.chat_id is None:
         return ""
+    # A chat belongs to one persona: chat and tier pick the memory_chat index.
     rows = conn.execute(
-        "SELECT content FROM memory WHERE chat_id = ? AND persona_id = ? AND tier = 'L1'"
-        " ORDER BY rowid DESC LIMIT ?",
-        (p.chat_id, p.persona_id, CONTEXT_MEMORIES),
+        "SELECT content FROM memory WHERE chat_id = ? AND tier = 'L1' ORDER BY rowid DESC LIMIT ?",
+        (p.chat_id, CONTEXT_MEMORIES),
     ).fetchall()
     return "\n".join(r[0] for r in reversed(rows))
 
@@ -401,6 +403,18 @@ def fact_recorded(conn: sqlite3.Connection, e: Event, p: FactRecorded) -> None:
     )
 
 
+def memory_embedded(conn: sqlite3.Connection, e: Event, p: MemoryEmbedded) -> None:
+    # A new rowid above every earlier one, even when this replaces the newest row: search
+    # caches refresh by reading rowid > the last they saw (persona.pipeline.dense).
+    (top,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM memory_vector").fetchone()
+    conn.execute("DELETE FROM memory_vector WHERE memory_id = ?", (p.memory_id,))
+    conn.execute(
+        "INSERT INTO memory_vector (rowid, memory_id, persona_id, model, dim, vector)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (top + 1, p.memory_id, p.persona_id, p.model, p.dim, base64.b64decode(p.vector)),
+    )
+
+
 def _handler(cls: type[P], fn: Callable[[sqlite3.Connection, Event, P], None]) -> Handler:
     def handle(conn: sqlite3.Connection, e: Event) -> None:
         payload = e.payload
@@ -432,6 +446,7 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         MemoryPinned: _handler(MemoryPinned, memory_pinned),
         MemoryDeleted: _handler(MemoryDeleted, memory_deleted),
         MemoryConsolidated: _handler(MemoryConsolidated, memory_consolidated),
+        MemoryEmbedded: _handler(MemoryEmbedded, memory_embedded),
         FactRecorded: _handler(FactRecorded, fact_recorded),
         EdgeAsserted: _handler(EdgeAsserted, edge_asserted),
         TelemetryRecorded: _handler(TelemetryRecorded, telemetry_recorded),

@@ -38,13 +38,14 @@ def _primary_key(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def table_digest(conn: sqlite3.Connection, table: str) -> str:
-    """sha256 of a table's rows in primary-key order, as canonical JSON."""
+    """sha256 of a table's rows in primary-key order, as canonical JSON (BLOBs as hex)."""
     order = ", ".join(_primary_key(conn, table)) or "rowid"
     digest = hashlib.sha256()
     cursor = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
     names = [d[0] for d in cursor.description]
     for row in cursor:
-        digest.update(json.dumps(dict(zip(names, row, strict=True)), sort_keys=True).encode())
+        values = dict(zip(names, row, strict=True))
+        digest.update(json.dumps(values, sort_keys=True, default=bytes.hex).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 

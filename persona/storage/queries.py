@@ -215,9 +215,7 @@ def _hit(r: Sequence[Any], lexical: float | None) -> MemoryHit:
 def core_memory(conn: sqlite3.Connection, persona_id: str) -> MemoryHit | None:
     """The persona's L3 core memory (its genesis text)."""
     row = conn.execute(
-        f"SELECT {_HIT_COLUMNS} FROM memory m"
-        " WHERE m.persona_id = ? AND m.kind = 'core' ORDER BY m.created_at LIMIT 1",
-        (persona_id,),
+        f"SELECT {_HIT_COLUMNS} FROM memory m WHERE m.memory_id = ?", (f"core:{persona_id}",)
     ).fetchone()
     return _hit(row, None) if row else None
 
@@ -245,14 +243,16 @@ def _fts_match(terms: Sequence[str]) -> str | None:
 
 
 def common_terms(conn: sqlite3.Connection, terms: Sequence[str], cap: int) -> list[str]:
-    """The terms that match more than `cap` memories (of every persona): too common to
-    tell memories apart, and each would make BM25 score that many rows. Each count stops
-    at cap + 1 rows, so the check costs at most `cap` rows per term."""
+    """The terms more than `cap` memories (of every persona) hold in their own words: too
+    common to tell memories apart, and each would make BM25 score that many rows (about
+    three times as many with the context column). Each count stops at cap + 1 rows, so
+    the check costs at most `cap` rows per term."""
     common = []
     for term in terms:
         match = _fts_match([term])
         if match is None:
             continue
+        match = f"content:{match}"
         row = conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)",
             (match, cap + 1),
@@ -276,16 +276,58 @@ def search_memories(
     match = _fts_match(terms)
     if match is None:
         return []
-    rows = conn.execute(
-        f"SELECT {_HIT_COLUMNS}, bm25(memory_fts, 1.0, {float(context_weight)!r}) AS bm25"
-        " FROM memory_fts"
-        f" JOIN memory m ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {_RECALLABLE}"
-        " ORDER BY bm25, m.memory_id LIMIT ?",
-        (match, persona_id, user_id, limit),
-    ).fetchall()
+    # Rank inside the full-text index first (its own rowid order, no join per match), then
+    # keep the recallable ones; when too few of the best rows are this user's, look wider.
+    weights = f"1.0, {float(context_weight)!r}"
+    fetch = limit * 4
+    while True:
+        rows = conn.execute(
+            f"SELECT {_HIT_COLUMNS}, f.score FROM (SELECT rowid, bm25(memory_fts, {weights})"
+            " AS score FROM memory_fts WHERE memory_fts MATCH ? ORDER BY score LIMIT ?) f"
+            f" JOIN memory m ON m.rowid = f.rowid WHERE {_RECALLABLE}"
+            " ORDER BY f.score, m.memory_id LIMIT ?",
+            (match, fetch, persona_id, user_id, limit),
+        ).fetchall()
+        if len(rows) >= limit or not _more_matches(conn, match, fetch):
+            break
+        fetch *= 4
     # SQLite's bm25() is negative, more negative is better.
     best = max((-r[10] for r in rows), default=0.0)
     return [_hit(r, (-r[10] / best) if best > 0 else 0.0) for r in rows]
+
+
+def _more_matches(conn: sqlite3.Connection, match: str, fetched: int) -> bool:
+    """Whether the index holds more than `fetched` matches (a wider look could find more)."""
+    row = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)",
+        (match, fetched + 1),
+    ).fetchone()
+    return int(row[0]) > fetched
+
+
+def unembedded(
+    conn: sqlite3.Connection, persona_id: str, model: str, limit: int
+) -> list[tuple[str, str]]:
+    """(memory_id, content) of live L1/L2 memories with no `model` vector yet, oldest first."""
+    rows = conn.execute(
+        "SELECT m.memory_id, m.content FROM memory m WHERE m.persona_id = ? AND m.tier != 'L3'"
+        " AND m.tombstone = 0 AND NOT EXISTS (SELECT 1 FROM memory_vector v"
+        " WHERE v.memory_id = m.memory_id AND v.model = ?) ORDER BY m.rowid LIMIT ?",
+        (persona_id, model, limit),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def memory_hits(conn: sqlite3.Connection, memory_ids: Sequence[str]) -> list[MemoryHit]:
+    """These memories as candidates (not lexically matched), in the order given."""
+    if not memory_ids:
+        return []
+    rows = conn.execute(
+        f"SELECT {_HIT_COLUMNS} FROM json_each(?) j CROSS JOIN memory m"
+        " ON m.memory_id = j.value ORDER BY j.key",
+        (json.dumps(list(memory_ids)),),
+    ).fetchall()
+    return [_hit(r, None) for r in rows]
 
 
 def recent_memories(

@@ -6,16 +6,19 @@ CREATE INDEX edge_subject ON edge (persona_id, src, rel);
 CREATE INDEX events_trace ON events (trace_id);
 -- index events_type
 CREATE INDEX events_type ON events (type);
+-- index memory_always
+CREATE INDEX memory_always ON memory (persona_id, created_at, memory_id)
+    WHERE pinned = 1 OR (tier = 'L3' AND kind = 'belief');
 -- index memory_chat
-CREATE INDEX memory_chat ON memory (chat_id);
+CREATE INDEX memory_chat ON memory (chat_id, tier);
 -- index memory_persona
 CREATE INDEX memory_persona ON memory (persona_id, tier);
--- index memory_pinned
-CREATE INDEX memory_pinned ON memory (persona_id, pinned) WHERE pinned = 1;
 -- index memory_recent
-CREATE INDEX memory_recent ON memory (persona_id, tier, created_at);
+CREATE INDEX memory_recent ON memory (persona_id, created_at);
 -- index memory_turn
 CREATE INDEX memory_turn ON memory (turn_id);
+-- index memory_vector_persona
+CREATE INDEX memory_vector_persona ON memory_vector (persona_id, model);
 -- index messages_turn
 CREATE INDEX messages_turn ON messages (turn_id);
 -- index turns_chat
@@ -135,6 +138,14 @@ CREATE TABLE 'memory_fts_data'(id INTEGER PRIMARY KEY, block BLOB);
 CREATE TABLE 'memory_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
 -- table memory_fts_idx
 CREATE TABLE 'memory_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
+-- table memory_vector
+CREATE TABLE memory_vector (
+    memory_id  TEXT PRIMARY KEY,
+    persona_id TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    dim        INTEGER NOT NULL,
+    vector     BLOB NOT NULL
+);
 -- table memory_witness
 CREATE TABLE memory_witness (
     user_id   TEXT NOT NULL,
