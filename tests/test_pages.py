@@ -99,7 +99,7 @@ def test_chat_page_shows_history_failed_turns_and_the_last_turns_state(
     comp = meta["competition"]
     assert (
         f'data-testid="competition">workspace competition: {len(comp["winners"])} of'
-        f' {len(comp["salience"])} won (K 7)'
+        f" {len(comp['salience'])} won (K 7)"
     ) in drawer
     top = meta["memory"]["retrieved"][0]
     assert f"score {top['score']:.2f} · lexical {top['lexical']:.2f} · names" in drawer
