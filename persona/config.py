@@ -187,6 +187,8 @@ class GatingSettings(BaseModel):
     similarity: float = Field(default=0.5, gt=0.0, le=1.0)
     # A winner must end at least this active: a weak note is noise to a small model.
     min_activation: float = Field(default=0.25, ge=0.0, le=1.0)
+    # Soft limit: the notes may take at most this share of the room history and notes share.
+    notes_share: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 class SleepSettings(BaseModel):

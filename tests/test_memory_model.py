@@ -377,3 +377,39 @@ async def test_a_failed_embedding_leaves_retrieval_lexical_and_the_turn_whole(tm
     retrieved = result["meta"]["memory"]["retrieved"]
     assert retrieved[0]["memory_id"] == f"ep:{told['turn_id']}" and retrieved[0]["dense"] is None
     assert result["reply"]
+
+
+# ---- the write path is off the streaming path -------------------------------------------
+
+
+async def test_memory_writes_come_after_the_reply_never_before_its_first_token(engine, backend):
+    await run_turn(engine, "The orchard has forty pear trees", chat_id="a")
+    inner = backend._stream
+    seen_at_first_token: list[str] = []
+
+    async def watched(messages, options, usage):  # type: ignore[no-untyped-def]
+        first = True
+        async for piece in inner(messages, options, usage):
+            if first:  # what the log holds when the first token goes out
+                seen_at_first_token.extend(
+                    r["type"] for r in _rows(engine, "SELECT type FROM events ORDER BY seq")
+                )
+                first = False
+            yield piece
+
+    backend._stream = watched  # type: ignore[method-assign]
+    before = len(_rows(engine, "SELECT type FROM events"))
+    result = await run_turn(engine, "I live in Porto. How many pear trees?", chat_id="b")
+    new_at_first_token = seen_at_first_token[before:]
+    # The decisions before the reply are logged by then; the reply itself is not.
+    assert "workspace.selected" in new_at_first_token
+    assert "reply.completed" not in new_at_first_token
+    assert "memory.written" not in new_at_first_token
+    assert "fact.recorded" not in new_at_first_token
+    assert "memory.accessed" not in new_at_first_token
+    with closing(connect(engine.settings.db_path)) as conn:
+        types = [e.type for e in read_events(conn, trace_id=result["trace_id"])]
+    reply = types.index("reply.completed")
+    for kind in ("memory.accessed", "memory.written", "fact.recorded"):
+        assert types.index(kind) > reply
+    assert types[-1] == "turn.completed"

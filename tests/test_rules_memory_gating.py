@@ -298,9 +298,12 @@ async def test_an_exchange_that_exactly_fills_the_budget_still_fits(tmp_path):
     assert "The lighthouse keeper waved at the ferry" not in prompt
 
 
-async def _memory_turn(tmp_path: Path, name: str, max_tokens: int) -> tuple[dict, str]:
-    """A question in a new chat whose only candidate is another chat's memory."""
-    async with engine_with(tmp_path, name=name) as engine:
+async def _memory_turn(
+    tmp_path: Path, name: str, max_tokens: int, notes_share: float = 1.0
+) -> tuple[dict, str]:
+    """A question in a new chat whose only candidate is another chat's memory (by default
+    with no soft limit for notes: the hard limit alone decides)."""
+    async with engine_with(tmp_path, name=name, gating={"notes_share": notes_share}) as engine:
         await run_turn(engine, "My neighbour keeps zebras", chat_id="a")
         meta = (await run_turn(engine, "zebras?", chat_id="b", max_tokens=max_tokens))["meta"]
         assert isinstance(engine.backend, ScriptedBackend)
@@ -322,4 +325,22 @@ async def test_a_memory_that_exactly_fills_the_budget_is_sent_whole(tmp_path):
     meta, prompt = await _memory_turn(tmp_path, "short", exact + 1)
     (over,) = [c for c in meta["decision_candidates"] if c["kind"] == "memory"]
     assert not over["selected"] and over["reason"] == "over budget"
+    assert "neighbour keeps zebras" not in prompt
+
+
+async def test_notes_have_a_soft_limit_within_the_room(tmp_path):
+    probe, _ = await _memory_turn(tmp_path, "probe", 200)
+    (memory,) = [c for c in probe["decision_candidates"] if c["kind"] == "memory"]
+    b = probe["token_budget"]
+    # A reply size that leaves the memory exactly twice its cost: fits the 0.5 share.
+    room = 2 * memory["tokens"]
+    max_tokens = b["context"] - (b["core"] + b["message"]) - room
+    meta, prompt = await _memory_turn(tmp_path, "half", max_tokens, notes_share=0.5)
+    (fits,) = [c for c in meta["decision_candidates"] if c["kind"] == "memory"]
+    assert fits["selected"] and "neighbour keeps zebras" in prompt
+    # One token less of room: the memory still fits the window, not the notes' share.
+    meta, prompt = await _memory_turn(tmp_path, "over", max_tokens + 1, notes_share=0.5)
+    (over,) = [c for c in meta["decision_candidates"] if c["kind"] == "memory"]
+    assert meta["token_budget"]["available"] >= over["tokens"]
+    assert not over["selected"] and over["reason"] == "over the notes' soft limit"
     assert "neighbour keeps zebras" not in prompt

@@ -280,6 +280,10 @@ class GatingStage:
         edges = await env.store.read(queries.user_facts, r.persona_id, r.user_id, USER_FACTS)
         items = candidates(ctx, ctx.need(MemoryRetrieval), s.carry_bonus, edges)
         competition, winners = contest(items, s)
+        # The hard limit is the room the window leaves; notes (memories, facts, emotion,
+        # goal) also have a soft one, a share of it, so recent history keeps its place.
+        notes_room = int(available * s.notes_share)
+        notes_used = 0
         ranked = [winners.get(i.id, i) for i in items]
         for item in sorted(ranked, key=lambda i: (-i.priority, i.kind, i.id)):
             tokens = costs.of(item)
@@ -292,12 +296,15 @@ class GatingStage:
                 lost = item.id not in competition.winners
                 selected = False
                 reason = "lost the workspace competition" if lost else "below the activation floor"
-            elif used + tokens <= available:
+            elif used + tokens > available:
+                selected, reason = False, "over budget"
+            elif note and notes_used + tokens > notes_room:
+                selected, reason = False, "over the notes' soft limit"
+            else:
                 selected, reason = True, "fits"
                 used += tokens
+                notes_used += tokens if note else 0
                 heading_paid = heading_paid or (note and bool(item.text))
-            else:
-                selected, reason = False, "over budget"
             decided.append(
                 GateDecision(
                     kind=item.kind,
