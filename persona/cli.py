@@ -258,7 +258,7 @@ def _ks(text: str) -> list[int]:
 
 def cmd_eval_locomo(settings: Settings, args: argparse.Namespace) -> int:
     """Recall@k of the memory write path and retrieval on a LoCoMo-format file."""
-    from persona.bench.locomo import LocomoError, evaluate
+    from persona.bench.recall import LocomoError, evaluate
 
     path = Path(args.path)
     if not path.is_file():

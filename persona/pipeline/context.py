@@ -12,7 +12,7 @@ from persona.errors import MissingDecision
 from persona.events import ChatState, EventPayload, IdentityState
 from persona.llm.base import Backend, GenOptions
 from persona.pipeline.prompts import PromptSet
-from persona.storage.queries import PathTurn, PersonaRow
+from persona.storage.queries import EdgeRow, PathTurn, PersonaRow
 from persona.storage.store import ReadView
 
 D = TypeVar("D", bound=EventPayload)
@@ -124,7 +124,7 @@ class PersonaView(Protocol):
 
     def edge_weight(self, src: str, rel: str, dst: str) -> float | None: ...
 
-    def current_edges(self, src: str, rels: Sequence[str]) -> list[dict[str, Any]]: ...
+    def current_edges(self, src: str, rels: Sequence[str]) -> list[EdgeRow]: ...
 
     def identity_state(self, persona_id: str) -> IdentityState: ...
 

@@ -91,11 +91,10 @@ _GOALS = {
 }
 
 
-def edge_text(edge: dict[str, object]) -> str:
+def edge_text(edge: queries.EdgeRow) -> str:
     """A fact edge as a short note: "The user lives in Porto."."""
-    rel = str(edge["rel"])
-    words = _RELATION_WORDS.get(rel, rel.replace("_", " "))
-    return f"The user {words} {edge['dst']}."
+    words = _RELATION_WORDS.get(edge.rel, edge.rel.replace("_", " "))
+    return f"The user {words} {edge.dst}."
 
 
 def _redundant(memory_id: str, in_history: set[str]) -> bool:
@@ -108,7 +107,7 @@ def candidates(
     ctx: TurnContext,
     memory: MemoryRetrieval,
     carry_bonus: float,
-    edges: Sequence[dict[str, object]] = (),
+    edges: Sequence[queries.EdgeRow] = (),
 ) -> list[Candidate]:
     """Everything that competes for the workspace, with its salience or priority."""
     items: list[Candidate] = []
@@ -140,14 +139,11 @@ def candidates(
     message = content_words(ctx.request.message)
     for e in edges:
         text = edge_text(e)
-        terms = content_words(f"{e['dst']}")
+        terms = content_words(e.dst)
         touched = len(message & terms) / len(terms) if terms else 0.0
         salience = round(EDGE_BASE + EDGE_RELEVANCE * touched, 4)
-        items.append(
-            Candidate(
-                "edge", str(e["edge_id"]), round(MEMORY_TOP * salience, 4), text, salience=salience
-            )
-        )
+        priority = round(MEMORY_TOP * salience, 4)
+        items.append(Candidate("edge", e.edge_id, priority, text, salience=salience))
     perception = ctx.need(Perception)
     if perception.appraisal and perception.appraisal.emotions:
         name, strength = max(perception.appraisal.emotions.items(), key=lambda kv: (kv[1], kv[0]))

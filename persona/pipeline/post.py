@@ -27,6 +27,7 @@ from persona.pipeline.context import Emit, PersonaView, PostStage, StageEnv, Tur
 from persona.pipeline.extract import Fact, entities, facts, object_key, supersedes
 from persona.pipeline.reply_check import DEGENERATE
 from persona.pipeline.state import reward_applies, step
+from persona.storage.queries import EdgeRow
 
 # The relationship edge a turn's reward_signal moves.
 AFFINITY_REL = "talks_with"
@@ -120,11 +121,10 @@ def fact_rel(fact: Fact) -> str:
     return f"not_{fact.relation}" if fact.negated else fact.relation
 
 
-def edge_fact(edge: dict[str, object], subject: str) -> Fact:
+def edge_fact(edge: EdgeRow, subject: str) -> Fact:
     """The fact a stored edge records (to test whether a new fact supersedes it)."""
-    rel = str(edge["rel"])
-    negated = rel.startswith("not_")
-    return Fact(subject, rel.removeprefix("not_"), str(edge["dst"]), "", negated)
+    negated = edge.rel.startswith("not_")
+    return Fact(subject, edge.rel.removeprefix("not_"), edge.dst, "", negated)
 
 
 class FactWrite:
@@ -152,9 +152,9 @@ class FactWrite:
             seen.add(edge_id)
             current = persona.current_edges(src, (fact.relation, f"not_{fact.relation}"))
             retired = [
-                str(e["edge_id"])
+                e.edge_id
                 for e in current
-                if e["edge_id"] != edge_id and supersedes(fact, edge_fact(e, fact.subject))
+                if e.edge_id != edge_id and supersedes(fact, edge_fact(e, fact.subject))
             ]
             memory_id = f"fa:{ctx.turn_id}:{i}"
             out.append(

@@ -362,7 +362,34 @@ def get_edge(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> dict[str
     )
 
 
-def current_edges(conn: sqlite3.Connection, src: str, rels: Sequence[str]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class EdgeRow:
+    """One edge of the persona's graph, as the projection holds it."""
+
+    edge_id: str
+    src: str
+    rel: str
+    dst: str
+    weight: float
+    evidence: int
+    valid_from: str
+    invalid_at: str | None
+
+
+def _edge(r: sqlite3.Row) -> EdgeRow:
+    return EdgeRow(
+        r["edge_id"],
+        r["src"],
+        r["rel"],
+        r["dst"],
+        float(r["weight"]),
+        int(r["evidence"]),
+        r["valid_from"],
+        r["invalid_at"],
+    )
+
+
+def current_edges(conn: sqlite3.Connection, src: str, rels: Sequence[str]) -> list[EdgeRow]:
     """The edges from `src` with one of `rels` that no fact has retired, by id."""
     marks = ", ".join("?" for _ in rels)
     rows = conn.execute(
@@ -370,19 +397,19 @@ def current_edges(conn: sqlite3.Connection, src: str, rels: Sequence[str]) -> li
         " ORDER BY edge_id",
         (src, *rels),
     ).fetchall()
-    return [dict(r) for r in rows]
+    return [_edge(r) for r in rows]
 
 
 def user_facts(
     conn: sqlite3.Connection, persona_id: str, user_id: str, limit: int
-) -> list[dict[str, Any]]:
+) -> list[EdgeRow]:
     """The current fact edges about a user (not retired), most supported first."""
     rows = conn.execute(
         "SELECT * FROM edge WHERE persona_id = ? AND src = ? AND invalid_at IS NULL"
         " ORDER BY evidence DESC, updated_at DESC, edge_id LIMIT ?",
         (persona_id, f"user:{user_id}", limit),
     ).fetchall()
-    return [dict(r) for r in rows]
+    return [_edge(r) for r in rows]
 
 
 def edge_weight(conn: sqlite3.Connection, src: str, rel: str, dst: str) -> float | None:

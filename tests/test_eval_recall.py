@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from persona.bench.locomo import LocomoError, load, recall, session_time
+from persona.bench.recall import LocomoError, load, recall, session_time
 from persona.cli import main
 
 CONVERSATION = {
