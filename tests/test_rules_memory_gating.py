@@ -329,17 +329,21 @@ async def test_a_memory_that_exactly_fills_the_budget_is_sent_whole(tmp_path):
 
 
 async def test_notes_have_a_soft_limit_within_the_room(tmp_path):
+    from persona.config import GatingSettings
+
+    share = GatingSettings().notes_share
+    assert share == 0.5  # by default the notes may take half the room
     probe, _ = await _memory_turn(tmp_path, "probe", 200)
     (memory,) = [c for c in probe["decision_candidates"] if c["kind"] == "memory"]
     b = probe["token_budget"]
     # A reply size that leaves the memory exactly twice its cost: fits the 0.5 share.
     room = 2 * memory["tokens"]
     max_tokens = b["context"] - (b["core"] + b["message"]) - room
-    meta, prompt = await _memory_turn(tmp_path, "half", max_tokens, notes_share=0.5)
+    meta, prompt = await _memory_turn(tmp_path, "half", max_tokens, notes_share=share)
     (fits,) = [c for c in meta["decision_candidates"] if c["kind"] == "memory"]
     assert fits["selected"] and "neighbour keeps zebras" in prompt
     # One token less of room: the memory still fits the window, not the notes' share.
-    meta, prompt = await _memory_turn(tmp_path, "over", max_tokens + 1, notes_share=0.5)
+    meta, prompt = await _memory_turn(tmp_path, "over", max_tokens + 1, notes_share=share)
     (over,) = [c for c in meta["decision_candidates"] if c["kind"] == "memory"]
     assert meta["token_budget"]["available"] >= over["tokens"]
     assert not over["selected"] and over["reason"] == "over the notes' soft limit"
