@@ -3,8 +3,9 @@
 -- witnessed it (memory_witness: retrieval is scoped to who is present), entities, and
 -- its life: versions, pins, tombstones, consolidation, accesses; and the words around it
 -- (`context`, a second, lighter full-text column: what was being talked about). Edges
--- gain invalid_at (a contradicting fact retires an edge, never deletes it). Only projections change:
--- they are recreated and the log replayed.
+-- gain invalid_at (a contradicting fact retires an edge, never deletes it). Chinese and
+-- Japanese are indexed as bigrams (`cjk`): the tokenizer would keep a run as one token.
+-- Only projections change: they are recreated and the log replayed.
 -- persona: rebuild-projections
 
 DROP TABLE memory_fts;
@@ -18,6 +19,7 @@ CREATE TABLE memory (
     kind              TEXT NOT NULL,      -- exchange | utterance | fact | digest | belief | core
     content           TEXT NOT NULL,      -- the words, searched by memory_fts
     context           TEXT NOT NULL,      -- the words of the two memories before it in its chat
+    cjk               TEXT NOT NULL,      -- its Chinese/Japanese as space-separated bigrams
     said              TEXT NOT NULL,      -- JSON list of {role, name, text}
     importance        REAL NOT NULL,      -- 0..1
     importance_score  INTEGER,            -- 1..10 from perception
@@ -57,6 +59,7 @@ CREATE INDEX memory_chat ON memory (chat_id, tier);
 CREATE VIRTUAL TABLE memory_fts USING fts5 (
     content,
     context,
+    cjk,
     content = 'memory',
     content_rowid = 'rowid',
     tokenize = 'porter unicode61'

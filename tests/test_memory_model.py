@@ -413,3 +413,15 @@ async def test_memory_writes_come_after_the_reply_never_before_its_first_token(e
     for kind in ("memory.accessed", "memory.written", "fact.recorded"):
         assert types.index(kind) > reply
     assert types[-1] == "turn.completed"
+
+
+async def test_a_japanese_memory_is_found_by_its_bigrams(engine, backend):
+    backend.enqueue("いいですね。", "うん。", "そうですね。")
+    told = await run_turn(engine, "先週、上野の美術館でモネの絵を見ました。", chat_id="a")
+    await run_turn(engine, "今日は雨です。", chat_id="b")
+    meta = (await run_turn(engine, "美術館の絵はどうだった？", chat_id="c"))["meta"]
+    retrieved = meta["memory"]["retrieved"]
+    assert retrieved and retrieved[0]["memory_id"] == f"ep:{told['turn_id']}"
+    assert all("雨" not in m["content"] for m in retrieved)
+    (row,) = _rows(engine, "SELECT cjk FROM memory WHERE memory_id = ?", f"ep:{told['turn_id']}")
+    assert "美術" in row["cjk"].split() and "術館" in row["cjk"].split()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from persona.textnorm import CJK_RUN_RE, cjk_terms, normalize
 
 STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have he her
@@ -20,26 +21,6 @@ def words(text: str) -> list[str]:
     Chinese and Japanese runs are left out here: see `cjk_terms`.
     """
     return _TOKEN_RE.findall(_CJK_RUN_RE.sub(" ", normalize(text)))
-
-
-def cjk_terms(text: str) -> set[str]:
-    """Character bigrams of the Chinese/Japanese runs that hold a kanji or katakana.
-
-    These scripts have no spaces, so a bigram is the smallest unit that still carries a
-    word's meaning (前回, 覚え, パス); bigrams of hiragana alone are mostly grammar
-    (した, こと) and are left out, like English stop words.
-    """
-    terms: set[str] = set()
-    for run in _CJK_RUN_RE.findall(normalize(text)):
-        if len(run) == 1:
-            if not _HIRAGANA_RE.fullmatch(run):
-                terms.add(run)
-            continue
-        for i in range(len(run) - 1):
-            pair = run[i : i + 2]
-            if not _HIRAGANA_RE.fullmatch(pair):
-                terms.add(pair)
-    return terms
 
 
 def content_words(text: str) -> set[str]:
@@ -60,13 +41,7 @@ def jaccard(a: set[str], b: set[str]) -> float:
 # spaces, so a phrase in them matches as a substring instead of on word boundaries.
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]")
 _TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
-_CJK_RUN_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]+")
-_HIRAGANA_RE = re.compile(r"[\u3040-\u309f]+")
-
-
-def normalize(text: str) -> str:
-    """NFKC, lower case, straight apostrophes: full-width ？ becomes ?, ｶﾀｶﾅ becomes カタカナ."""
-    return unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+_CJK_RUN_RE = CJK_RUN_RE
 
 
 def is_cjk(text: str) -> bool:

@@ -46,6 +46,7 @@ from persona.events.memory import (
     MemoryPinned,
 )
 from persona.storage.eventlog import Event
+from persona.textnorm import cjk_index_text
 
 P = TypeVar("P", bound=EventPayload)
 Handler = Callable[[sqlite3.Connection, Event], None]
@@ -279,11 +280,12 @@ def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None
         row = conn.execute("SELECT user_id FROM chats WHERE chat_id = ?", (p.chat_id,)).fetchone()
         witnesses = [row[0]] if row else []
     context = _context(conn, p)
+    cjk = cjk_index_text(p.content)
     cursor = conn.execute(
-        "INSERT INTO memory (memory_id, persona_id, tier, kind, content, context, said,"
+        "INSERT INTO memory (memory_id, persona_id, tier, kind, content, context, cjk, said,"
         " importance, importance_score, chat_id, turn_id, trace_id, created_at, wall_time,"
         " entities, shared, source_ref, valid_from)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             p.memory_id,
             p.persona_id,
@@ -291,6 +293,7 @@ def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None
             p.kind,
             p.content,
             context,
+            cjk,
             _json([u.model_dump() for u in p.said]),
             p.importance,
             p.importance_score,
@@ -306,8 +309,8 @@ def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None
         ),
     )
     conn.execute(
-        "INSERT INTO memory_fts (rowid, content, context) VALUES (?, ?, ?)",
-        (cursor.lastrowid, p.content, context),
+        "INSERT INTO memory_fts (rowid, content, context, cjk) VALUES (?, ?, ?, ?)",
+        (cursor.lastrowid, p.content, context, cjk),
     )
     conn.executemany(
         "INSERT OR IGNORE INTO memory_witness (user_id, memory_id) VALUES (?, ?)",
@@ -325,18 +328,20 @@ def memory_accessed(conn: sqlite3.Connection, e: Event, p: MemoryAccessed) -> No
 
 def _set_content(conn: sqlite3.Connection, memory_id: str, content: str) -> None:
     row = conn.execute(
-        "SELECT rowid, content, context FROM memory WHERE memory_id = ?", (memory_id,)
+        "SELECT rowid, content, context, cjk FROM memory WHERE memory_id = ?", (memory_id,)
     ).fetchone()
     if row is None or row[1] == content:
         return
     conn.execute(
-        "INSERT INTO memory_fts (memory_fts, rowid, content, context) VALUES ('delete', ?, ?, ?)",
-        (row[0], row[1], row[2]),
+        "INSERT INTO memory_fts (memory_fts, rowid, content, context, cjk)"
+        " VALUES ('delete', ?, ?, ?, ?)",
+        (row[0], row[1], row[2], row[3]),
     )
-    conn.execute("UPDATE memory SET content = ? WHERE rowid = ?", (content, row[0]))
+    cjk = cjk_index_text(content)
+    conn.execute("UPDATE memory SET content = ?, cjk = ? WHERE rowid = ?", (content, cjk, row[0]))
     conn.execute(
-        "INSERT INTO memory_fts (rowid, content, context) VALUES (?, ?, ?)",
-        (row[0], content, row[2]),
+        "INSERT INTO memory_fts (rowid, content, context, cjk) VALUES (?, ?, ?, ?)",
+        (row[0], content, row[2], cjk),
     )
 
 

@@ -252,7 +252,7 @@ def common_terms(conn: sqlite3.Connection, terms: Sequence[str], cap: int) -> li
         match = _fts_match([term])
         if match is None:
             continue
-        match = f"content:{match}"
+        match = f"{{content cjk}}: {match}"
         row = conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)",
             (match, cap + 1),
@@ -278,7 +278,7 @@ def search_memories(
         return []
     # Rank inside the full-text index first (its own rowid order, no join per match), then
     # keep the recallable ones; when too few of the best rows are this user's, look wider.
-    weights = f"1.0, {float(context_weight)!r}"
+    weights = f"1.0, {float(context_weight)!r}, 1.0"  # words, context, CJK bigrams
     fetch = limit * 4
     while True:
         rows = conn.execute(

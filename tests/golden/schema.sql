@@ -102,6 +102,7 @@ CREATE TABLE memory (
     kind              TEXT NOT NULL,      -- exchange | utterance | fact | digest | belief | core
     content           TEXT NOT NULL,      -- the words, searched by memory_fts
     context           TEXT NOT NULL,      -- the words of the two memories before it in its chat
+    cjk               TEXT NOT NULL,      -- its Chinese/Japanese as space-separated bigrams
     said              TEXT NOT NULL,      -- JSON list of {role, name, text}
     importance        REAL NOT NULL,      -- 0..1
     importance_score  INTEGER,            -- 1..10 from perception
@@ -126,6 +127,7 @@ CREATE TABLE memory (
 CREATE VIRTUAL TABLE memory_fts USING fts5 (
     content,
     context,
+    cjk,
     content = 'memory',
     content_rowid = 'rowid',
     tokenize = 'porter unicode61'
