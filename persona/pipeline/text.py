@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from persona.textnorm import CJK_RUN_RE, cjk_terms, normalize
+from persona.textnorm import CJK_RUN_RE
+from persona.textnorm import cjk_terms as cjk_terms  # re-exported: the stages use them here
+from persona.textnorm import normalize as normalize
 
 STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have he her
