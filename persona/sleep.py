@@ -47,6 +47,12 @@ NARRATIVE_PROMPT = (
     " date and number; add nothing that the notes do not say. Answer with the paragraph"
     " only."
 )
+BELIEF_PROMPT = (
+    "You keep the memory of {name}. Restate the note below as one short sentence that"
+    " {name} now holds true, in the third person. Keep every name, place, date and number;"
+    " add nothing that the note does not say. Answer with the sentence only."
+)
+BELIEF_CHARS = 200  # a belief is one line of the identity prompt, always in context
 
 
 @dataclass(frozen=True)
@@ -141,19 +147,22 @@ def belief_id(witnesses: Sequence[str], shared: bool, text: str) -> str:
     return "bl_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-async def _narrate(backend: Backend, name: str, digest: Digest, max_chars: int) -> str | None:
-    """The model's wording of a digest, or None (a failure, nothing, or too long)."""
+async def _narrate(
+    backend: Backend, name: str, text: str, max_chars: int, prompt: str = NARRATIVE_PROMPT
+) -> str | None:
+    """The model's wording of a digest (or, with BELIEF_PROMPT, of a belief), or None: a
+    failure, nothing, or too long."""
     messages = [
-        ChatMessage(role="system", content=NARRATIVE_PROMPT.format(name=name)),
-        ChatMessage(role="user", content=digest.text),
+        ChatMessage(role="system", content=prompt.format(name=name)),
+        ChatMessage(role="user", content=text),
     ]
     # Roughly four characters a token, with room to finish the last sentence.
     options = GenOptions(temperature=0.2, max_tokens=max(32, max_chars // 3))
     try:
-        text = " ".join((await backend.complete(messages, options)).split())
+        answer = " ".join((await backend.complete(messages, options)).split())
     except LLMError:
         return None
-    return text if text and len(text) <= max_chars else None
+    return answer if answer and len(answer) <= max_chars else None
 
 
 async def sleep(
@@ -180,17 +189,22 @@ async def sleep(
     rows = await store.read(q.l1_memories, persona_id)
     planned = _plans(rows, settings)
     digests = [d for _, p in planned for d in p.digests]
+    lines = sorted({line for _, p in planned for line in p.beliefs})
+    # Keyed by digest id, or by a belief's extractive line (its id stays that line's, so
+    # a reworded belief is still the same belief to a later sleep).
     wording: dict[str, str] = {}
     fallbacks = 0
-    total = len(digests) + 1 if method == "narrative" else 1
+    total = len(digests) + len(lines) + 1 if method == "narrative" else 1
     tell(0, total, "planning")
     if method == "narrative" and backend is not None:
-        for done, digest in enumerate(digests, 1):
-            text = await _narrate(backend, name, digest, settings.max_chars)
-            if text is None:
+        asks = [(d.digest_id, d.text, settings.max_chars, NARRATIVE_PROMPT) for d in digests]
+        asks += [(line, line, BELIEF_CHARS, BELIEF_PROMPT) for line in lines]
+        for done, (key, text, limit, prompt) in enumerate(asks, 1):
+            worded = await _narrate(backend, name, text, limit, prompt)
+            if worded is None:
                 fallbacks += 1
             else:
-                wording[digest.digest_id] = text
+                wording[key] = worded
             tell(done, total, "wording")
     tell(total - 1, total, "writing")
     report = await store.transact(
@@ -270,7 +284,9 @@ def _write(
     fresh = [b for b in beliefs if b[0] not in known]
     superseded = _superseded(tx.read(q.live_beliefs, persona_id), fresh)
     for memory_id, part, line, note in fresh:
-        events.append(_belief_event(persona_id, memory_id, part, line, note, trace_id))
+        narrated += line in wording
+        text = wording.get(line, line)
+        events.append(_belief_event(persona_id, memory_id, part, text, note, trace_id))
     diff = MemoryConsolidated(
         persona_id=persona_id,
         trigger=trigger,

@@ -25,7 +25,7 @@ from persona.events.memory import MemoryConsolidated, MemoryWritten, Utterance
 from persona.llm.base import GenOptions
 from persona.llm.scripted import FailAfter, ScriptedBackend
 from persona.pipeline.context import TurnRequest
-from persona.sleep import due, sleep
+from persona.sleep import belief_id, due, sleep
 from persona.storage.eventlog import NewEvent, count_events
 from persona.web.app import create_app
 
@@ -282,6 +282,25 @@ async def test_the_narrative_method_words_the_digest_with_the_model(
     assert rows(engine, "SELECT content FROM memory WHERE tier = 'L2'") == [(NARRATED,)]
     assert backend.calls[calls][-1].content == EXTRACTIVE  # the model was shown the notes
     assert diffs(engine)[0].method == "narrative"
+
+
+async def test_the_narrative_method_words_a_belief_too_and_keeps_its_id(
+    engine: Engine, backend: ScriptedBackend
+) -> None:
+    pid = engine.default_persona_id
+    await engine.store.append(porto(pid, "ana", "a", score=9))
+    # The digest first, then the belief (one line, at most 200 characters).
+    backend.enqueue(NARRATED, "Ana is moving to Porto next month.")
+    calls = len(backend.calls)
+
+    report = await sleep(engine.store, pid, "asked", SleepSettings(method="narrative"), backend)
+
+    assert (report.beliefs, report.narrated, report.fallbacks) == (1, 2, 0)
+    [(bid, content)] = rows(engine, "SELECT memory_id, content FROM memory WHERE kind = 'belief'")
+    assert content == "Ana is moving to Porto next month."
+    line = "The user said they are moving to Porto next month."
+    assert backend.calls[calls + 1][-1].content == line  # the model was shown the note
+    assert bid == belief_id(["ana"], False, line)  # the id stays the extractive line's
 
 
 @pytest.mark.parametrize(
