@@ -53,6 +53,7 @@ CREATE TABLE memory_witness (
     memory_id TEXT NOT NULL,
     PRIMARY KEY (user_id, memory_id)
 ) WITHOUT ROWID;
+CREATE INDEX memory_witness_memory ON memory_witness (memory_id, user_id);
 
 CREATE INDEX memory_chat ON memory (chat_id, tier);
 
@@ -75,6 +76,8 @@ CREATE TABLE edge (
     evidence    INTEGER NOT NULL,   -- how many assertions support it
     valid_from  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
-    invalid_at  TEXT                -- set when a contradicting fact retired it
+    invalid_at  TEXT,               -- set when a contradicting fact retired it
+    source_memory TEXT              -- the fact memory that stated it (NULL: not a fact)
 );
 CREATE INDEX edge_subject ON edge (persona_id, src, rel);
+CREATE INDEX edge_source ON edge (source_memory) WHERE source_memory IS NOT NULL;

@@ -53,6 +53,10 @@ class Engine:
         self._sleeper: asyncio.Task[None] | None = None
         # Per persona: the newest activity when its last inactivity sleep ran.
         self._slept_spell: dict[str, str | None] = {}
+        # Per persona: the unconsolidated count a pressure sleep left (it will not group).
+        self._slept_pressure: dict[str, int] = {}
+        # Memories whose text the embedding model refused: not asked again until restart.
+        self._unembeddable: set[str] = set()
         # The loop the engine runs on (set by start): signal handlers schedule onto it.
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,8 +86,12 @@ class Engine:
         figures = await self.store.read(sleep_queries.pressure, persona_id)
         if trigger == "inactivity" and self._slept_spell.get(persona_id) == figures.last_activity:
             return None  # this spell's sleep ran; what is left did not group
+        if trigger == "pressure" and self._slept_pressure.get(persona_id) == figures.unconsolidated:
+            return None  # nothing new since the last one: what is left did not group
         report = await sleep(self.store, persona_id, trigger, self.settings.sleep, self.backend)
         self._slept_spell[persona_id] = figures.last_activity
+        after = await self.store.read(sleep_queries.pressure, persona_id)
+        self._slept_pressure[persona_id] = after.unconsolidated
         log.info(
             "sleep (%s) for %s: %d digest(s), %d belief(s)",
             trigger,
@@ -117,21 +125,35 @@ class Engine:
     async def _embed_unembedded(self, persona_id: str, model: str, batch: int) -> int:
         done = 0
         while True:
-            todo = await self.store.read(queries.unembedded, persona_id, model, batch)
+            found = await self.store.read(
+                queries.unembedded, persona_id, model, batch + len(self._unembeddable)
+            )
+            todo = [t for t in found if t[0] not in self._unembeddable][:batch]
             if not todo:
                 return done
             try:
                 vectors = await self.backend.embed([text for _, text in todo], model)
+                pairs = list(zip(todo, vectors, strict=True))
             except LLMError as exc:
-                log.warning("embedding %d memories failed, retried later: %s", len(todo), exc)
-                return done
+                # One text may be what the model refuses (too long): ask one at a time and
+                # set aside the ones that fail, so the rest still get their vectors.
+                log.warning("embedding %d memories failed, one at a time: %s", len(todo), exc)
+                pairs, refused = [], []
+                for item in todo:
+                    try:
+                        pairs.append((item, (await self.backend.embed([item[1]], model))[0]))
+                    except LLMError:
+                        refused.append(item[0])
+                if not pairs:
+                    return done  # every one failed: the model is away, not these texts
+                self._unembeddable.update(refused)
             events = [
                 NewEvent(
                     payload=dense.embedded(mid, persona_id, model, vec),
                     stream_id=f"persona:{persona_id}",
                     actor="memory",
                 )
-                for (mid, _), vec in zip(todo, vectors, strict=True)
+                for (mid, _), vec in pairs
             ]
             await self.store.append(events)
             done += len(events)

@@ -390,3 +390,19 @@ def test_invariants_hold_for_any_store(notes: list[Note]) -> None:
         assert d.source_ids == tuple(sorted(d.source_ids))
     again = plan(notes, already=first.consolidated, max_chars=80, max_group=4)
     assert again.digests == () and again.merged == () and again.beliefs == ()
+
+
+def test_the_prompt_frame_of_the_users_words_links_nothing() -> None:
+    # "The user said" opens every note of a user's chat: a label, not shared words.
+    notes = [
+        note("a", "The user said quantum chess rules."),
+        note("b", "The user said sourdough starter care."),
+        note("c", "The user asked: tidal pools at dawn?"),
+    ]
+    assert plan(notes).digests == ()
+    related = [
+        note("d", "The user said quantum chess rules matter."),
+        note("e", "The user said quantum chess rules again."),
+        note("f", "The user said quantum chess rules forever."),
+    ]
+    assert len(plan(related).digests) == 1

@@ -233,7 +233,7 @@ async def test_a_fact_about_the_user_competes_and_reaches_the_prompt(engine, bac
     await run_turn(engine, "I live in Porto.", chat_id="a")
     meta = (await run_turn(engine, "Is Porto nice in winter?", chat_id="b"))["meta"]
     edge = next(c for c in meta["decision_candidates"] if c["kind"] == "edge")
-    assert edge["id"] == "user:local|lives_in|porto" and edge["selected"]
+    assert edge["id"] == "default|user:local|lives_in|porto" and edge["selected"]
     assert edge["text"] == "The user lives in Porto."
     # Salience 0.2 + 0.6 x (the message names the whole object).
     assert meta["competition"]["salience"][edge["id"]] == 0.8
@@ -425,3 +425,77 @@ async def test_a_japanese_memory_is_found_by_its_bigrams(engine, backend):
     assert all("雨" not in m["content"] for m in retrieved)
     (row,) = _rows(engine, "SELECT cjk FROM memory WHERE memory_id = ?", f"ep:{told['turn_id']}")
     assert "美術" in row["cjk"].split() and "術館" in row["cjk"].split()
+
+
+# ---- found in review ----------------------------------------------------------------------
+
+
+async def test_a_fact_told_to_one_persona_never_touches_anothers_edges(engine, tmp_path):
+    from pathlib import Path
+
+    from persona.events import PersonaCreated
+
+    other = PersonaCreated(persona_id="other", name="Oto", description="", genesis="", traits={})
+    await engine.store.append([NewEvent(payload=other, stream_id="persona:other", actor="test")])
+    await run_turn(engine, "I live in Lisbon.", chat_id="a")
+    await run_turn(engine, "I moved to Porto.", chat_id="b", persona_id="other")
+    rows = _rows(engine, "SELECT persona_id, dst, invalid_at FROM edge WHERE rel = 'lives_in'")
+    assert {(r["persona_id"], r["dst"], r["invalid_at"] is None) for r in rows} == {
+        ("default", "Lisbon", True),
+        ("other", "Porto", True),
+    }
+    assert Path(tmp_path).exists()
+
+
+async def test_deleting_an_exchange_deletes_its_facts_and_retires_their_edges(engine, backend):
+    told = await run_turn(engine, "I live in Lisbon.", chat_id="a")
+    gone = MemoryDeleted(memory_id=f"ep:{told['turn_id']}", persona_id="default")
+    await engine.store.append([NewEvent(payload=gone, stream_id="persona:default", actor="user")])
+    (fact,) = _rows(engine, "SELECT tombstone FROM memory WHERE kind = 'fact'")
+    assert fact["tombstone"] == 1
+    assert _edges(engine) == {("lives_in", "Lisbon"): False}
+    meta = (await run_turn(engine, "Where do I live, Lisbon?", chat_id="b"))["meta"]
+    assert not [c for c in meta["decision_candidates"] if c["kind"] == "edge"]
+    assert "Lisbon." not in backend.calls[-1][-2].content.replace("Lisbon?", "")
+
+
+async def test_a_chat_belongs_to_its_user(engine):
+    from persona.errors import ChatConflict
+
+    await run_turn(engine, "My secret code is zebra42.", chat_id="a", user_id="alice")
+    with pytest.raises(ChatConflict, match="another user"):
+        await run_turn(engine, "what is the code?", chat_id="a", user_id="bob")
+
+
+async def test_a_pressure_sleep_is_not_repeated_when_nothing_new_came(tmp_path):
+    from helpers import engine_with
+
+    async with engine_with(tmp_path, sleep={"pressure_l1": 1, "check_every_s": 0}) as engine:
+        engine.backend.enqueue(*(["Lovely."] * 6))
+        for line in ("quantum chess rules", "sourdough starter care", "tidal pools at dawn"):
+            await run_turn(engine, line, chat_id="g")  # three notes that never group
+        first = await engine.maybe_sleep("default")
+        assert first is not None and first.digests == 0
+        assert await engine.maybe_sleep("default") is None  # the same ungroupable notes
+        await run_turn(engine, "more quantum chess rules", chat_id="g")
+        assert await engine.maybe_sleep("default") is not None  # something new came
+
+
+async def test_pinned_memories_come_before_beliefs(engine):
+    from persona.storage.queries import pinned_memories
+
+    belief = MemoryWritten(
+        memory_id="bl_1",
+        persona_id="default",
+        tier="L3",
+        kind="belief",
+        content="An old belief.",
+        importance=0.9,
+        witnesses=["local"],
+    )
+    await engine.store.append([NewEvent(payload=belief, stream_id="persona:default", actor="t")])
+    told = await run_turn(engine, "I am allergic to peanuts", chat_id="a")
+    pin = MemoryPinned(memory_id=f"ep:{told['turn_id']}", persona_id="default", pinned=True)
+    await engine.store.append([NewEvent(payload=pin, stream_id="persona:default", actor="user")])
+    first = await engine.store.read(pinned_memories, "default", "local", 1)
+    assert [m.memory_id for m in first] == [f"ep:{told['turn_id']}"]

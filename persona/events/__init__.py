@@ -23,6 +23,7 @@ from persona.events.chat import (
     TurnFailed,
     TurnStarted,
 )
+from persona.events.chats import ChatArchived, ChatRenamed, ChatRestored
 from persona.events.decisions import (
     BeliefRevised,
     Budget,
@@ -85,6 +86,9 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     MemoryDeleted,
     MemoryConsolidated,
     MemoryEmbedded,
+    ChatRenamed,
+    ChatArchived,
+    ChatRestored,
 )
 
 CATALOG = Catalog(EVENT_TYPES)
@@ -95,6 +99,9 @@ __all__ = [
     "BeliefRevised",
     "Budget",
     "Catalog",
+    "ChatArchived",
+    "ChatRenamed",
+    "ChatRestored",
     "ChatStarted",
     "ChatState",
     "ChatStateRecorded",

@@ -51,6 +51,9 @@ MAX_BELIEFS = 10
 # "Ana: …" / "アナ：…": the speaker label of a note. ASCII colons need a space after them so
 # "At 10:30 we met" keeps its time.
 _LABEL_RE = re.compile(r"^\s*([^:：\n]{1,40}?)(?::\s+|：\s*)")
+# The prompt's frame of the user's words ("The user said they …", "The user asked: …"): a
+# label too, or "user" and "said" would link every note of a chat.
+_FRAME_RE = re.compile(r"^\s*the user (?:said|asked:?)\s+", re.IGNORECASE)
 _ELLIPSIS = "…"
 
 
@@ -170,9 +173,13 @@ def _items(notes: Iterable[Note]) -> list[_Item]:
         if note.memory_id in seen:
             continue
         seen.add(note.memory_id)
-        match = _LABEL_RE.match(note.text)
-        label = normalize(match.group(1)).strip() if match else ""
-        body = note.text[match.end() :] if match else note.text
+        framed = _FRAME_RE.match(note.text)
+        match = None if framed else _LABEL_RE.match(note.text)
+        if framed:
+            label, body = "user", note.text[framed.end() :]
+        else:
+            label = normalize(match.group(1)).strip() if match else ""
+            body = note.text[match.end() :] if match else note.text
         out.append(
             _Item(
                 note=Note(

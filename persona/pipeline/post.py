@@ -94,7 +94,8 @@ class EpisodicWrite:
                     ],
                     importance=perception.importance,
                     importance_score=perception.importance_score,
-                    entities=entities(f"{ctx.request.message}\n{ctx.reply}"),
+                    # The user's words only: a small model's reply is not a source of names.
+                    entities=entities(ctx.request.message),
                     witnesses=[ctx.request.user_id],
                     valid_from=iso(ctx.now),
                 )
@@ -113,7 +114,8 @@ def fact_node(subject: str, ctx: TurnContext) -> str:
         return f"user:{ctx.request.user_id}"
     if subject == "persona":
         return f"persona:{ctx.request.persona_id}"
-    return f"entity:{subject}"
+    # What this user said about someone: another user may know that name differently.
+    return f"entity:{ctx.request.user_id}:{subject}"
 
 
 def fact_rel(fact: Fact) -> str:
@@ -146,11 +148,12 @@ class FactWrite:
         seen: set[str] = set()
         for i, fact in enumerate(facts(ctx.request.message, "user")):
             src, rel = fact_node(fact.subject, ctx), fact_rel(fact)
-            edge_id = f"{src}|{rel}|{object_key(fact.object)}"
+            edge_id = f"{ctx.request.persona_id}|{src}|{rel}|{object_key(fact.object)}"
             if edge_id in seen:
                 continue
             seen.add(edge_id)
-            current = persona.current_edges(src, (fact.relation, f"not_{fact.relation}"))
+            rels = (fact.relation, f"not_{fact.relation}")
+            current = persona.current_edges(ctx.request.persona_id, src, rels)
             retired = [
                 e.edge_id
                 for e in current

@@ -176,6 +176,9 @@ class TurnRunner:
         if chat is not None:
             if persona_id is not None and persona_id != chat["persona_id"]:
                 raise ChatConflict(f"session {chat_id!r} belongs to persona {chat['persona_id']!r}")
+            if user_id != chat["user_id"]:
+                # Its history would put another user's words in this user's prompt.
+                raise ChatConflict(f"session {chat_id!r} belongs to another user")
             persona_id = chat["persona_id"]
         persona_id = persona_id or default_persona
         if await self.store.read(queries.get_persona, persona_id) is None:

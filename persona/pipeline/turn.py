@@ -98,8 +98,10 @@ class _WriterView:
     def edge_weight(self, src: str, rel: str, dst: str) -> float | None:
         return self._tx.read(queries.edge_weight, src, rel, dst)
 
-    def current_edges(self, src: str, rels: Sequence[str]) -> list[queries.EdgeRow]:
-        return self._tx.read(queries.current_edges, src, rels)
+    def current_edges(
+        self, persona_id: str, src: str, rels: Sequence[str]
+    ) -> list[queries.EdgeRow]:
+        return self._tx.read(queries.current_edges, persona_id, src, rels)
 
     def identity_state(self, persona_id: str) -> IdentityState:
         return self._tx.read(queries.identity_state, persona_id)

@@ -24,6 +24,8 @@ PROJECTION_TABLES: tuple[str, ...] = (
     "identity_state",
     "classifier_failures",
 )
+# The full-text indexes over projection tables: emptied with them, checked by `verify`.
+FTS_TABLES: tuple[str, ...] = ("memory_fts", "chat_title_fts", "message_fts")
 
 
 def project(conn: sqlite3.Connection, event: Event) -> None:
@@ -35,10 +37,11 @@ def project(conn: sqlite3.Connection, event: Event) -> None:
 
 
 def clear_projections(conn: sqlite3.Connection) -> None:
-    """Empty every projection table (the FTS index included); the log is untouched."""
+    """Empty every projection table (the FTS indexes included); the log is untouched."""
     for table in PROJECTION_TABLES:
         conn.execute(f"DELETE FROM {table}")
-    conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('delete-all')")
+    for fts in FTS_TABLES:
+        conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('delete-all')")
 
 
 Progress = Callable[[int], None]
@@ -69,6 +72,7 @@ class Projector:
 
 
 __all__ = [
+    "FTS_TABLES",
     "PROJECTION_TABLES",
     "Progress",
     "Projector",

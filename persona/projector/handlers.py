@@ -36,6 +36,7 @@ from persona.events import (
     TurnStarted,
     Workspace,
 )
+from persona.events.chats import ChatArchived, ChatRenamed, ChatRestored
 from persona.events.memory import (
     FactRecorded,
     MemoryAccessed,
@@ -92,11 +93,35 @@ def persona_revised(conn: sqlite3.Connection, e: Event, p: PersonaRevised) -> No
 
 
 def chat_started(conn: sqlite3.Connection, e: Event, p: ChatStarted) -> None:
-    conn.execute(
+    cursor = conn.execute(
         "INSERT INTO chats (chat_id, persona_id, user_id, title, head_turn_id, created_at,"
         " updated_at, turn_count) VALUES (?, ?, ?, ?, NULL, ?, ?, 0)",
         (p.chat_id, p.persona_id, p.user_id, p.title, _at(e), _at(e)),
     )
+    conn.execute(
+        "INSERT INTO chat_title_fts (rowid, title) VALUES (?, ?)", (cursor.lastrowid, p.title)
+    )
+
+
+def chat_renamed(conn: sqlite3.Connection, e: Event, p: ChatRenamed) -> None:
+    row = conn.execute("SELECT rowid, title FROM chats WHERE chat_id = ?", (p.chat_id,)).fetchone()
+    if row is None:
+        return
+    # External content: the index forgets the old words before the row changes.
+    conn.execute(
+        "INSERT INTO chat_title_fts (chat_title_fts, rowid, title) VALUES ('delete', ?, ?)",
+        (row[0], row[1]),
+    )
+    conn.execute("UPDATE chats SET title = ? WHERE rowid = ?", (p.title, row[0]))
+    conn.execute("INSERT INTO chat_title_fts (rowid, title) VALUES (?, ?)", (row[0], p.title))
+
+
+def chat_archived(conn: sqlite3.Connection, e: Event, p: ChatArchived) -> None:
+    conn.execute("UPDATE chats SET archived = 1 WHERE chat_id = ?", (p.chat_id,))
+
+
+def chat_restored(conn: sqlite3.Connection, e: Event, p: ChatRestored) -> None:
+    conn.execute("UPDATE chats SET archived = 0 WHERE chat_id = ?", (p.chat_id,))
 
 
 def _head(conn: sqlite3.Connection, chat_id: str) -> tuple[str, int] | None:
@@ -249,11 +274,25 @@ def record_only(conn: sqlite3.Connection, e: Event, p: EventPayload) -> None:
 def _insert_message(
     conn: sqlite3.Connection, e: Event, chat_id: str, turn_id: str, role: str, content: str
 ) -> None:
-    conn.execute(
+    cursor = conn.execute(
         "INSERT INTO messages (message_id, chat_id, turn_id, role, content, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (e.event_id, chat_id, turn_id, role, content, _at(e)),
     )
+    conn.execute(
+        "INSERT INTO message_fts (rowid, content) VALUES (?, ?)", (cursor.lastrowid, content)
+    )
+    conn.execute("UPDATE chats SET last_snippet = ? WHERE chat_id = ?", (snippet(content), chat_id))
+
+
+# The chat list shows this many characters of a chat's last message.
+SNIPPET_CHARS = 120
+
+
+def snippet(text: str) -> str:
+    """The start of a message on one line, cut with an ellipsis past SNIPPET_CHARS."""
+    line = " ".join(text.split())
+    return line if len(line) <= SNIPPET_CHARS else line[: SNIPPET_CHARS - 1].rstrip() + "…"
 
 
 # An L1 memory is indexed with the words of this many memories before it in its chat.
@@ -352,6 +391,8 @@ def memory_edited(conn: sqlite3.Connection, e: Event, p: MemoryEdited) -> None:
         "UPDATE memory SET said = '[]', version = ? WHERE memory_id = ? AND persona_id = ?",
         (p.revision, p.memory_id, p.persona_id),
     )
+    # Its vector described the old words: it is embedded again after the next turn.
+    conn.execute("DELETE FROM memory_vector WHERE memory_id = ?", (p.memory_id,))
 
 
 def memory_pinned(conn: sqlite3.Connection, e: Event, p: MemoryPinned) -> None:
@@ -367,6 +408,28 @@ def memory_deleted(conn: sqlite3.Connection, e: Event, p: MemoryDeleted) -> None
     conn.execute(
         "UPDATE memory SET tombstone = 1, pinned = 0 WHERE memory_id = ? AND persona_id = ?",
         (p.memory_id, p.persona_id),
+    )
+    # What was derived from it goes too: deleting an exchange deletes the facts its turn
+    # stated, and a deleted fact memory retires the edge it stated (never deleted).
+    row = conn.execute(
+        "SELECT turn_id, kind FROM memory WHERE memory_id = ? AND persona_id = ?",
+        (p.memory_id, p.persona_id),
+    ).fetchone()
+    gone = [p.memory_id]
+    if row is not None and row[1] == "exchange" and row[0] is not None:
+        facts = conn.execute(
+            "SELECT memory_id FROM memory WHERE turn_id = ? AND kind = 'fact' AND persona_id = ?",
+            (row[0], p.persona_id),
+        ).fetchall()
+        gone += [f[0] for f in facts]
+        conn.executemany(
+            "UPDATE memory SET tombstone = 1, pinned = 0 WHERE memory_id = ?",
+            [(f[0],) for f in facts],
+        )
+    conn.executemany(
+        "UPDATE edge SET invalid_at = ?, updated_at = ? WHERE source_memory = ?"
+        " AND invalid_at IS NULL",
+        [(_at(e), _at(e), mid) for mid in gone],
     )
 
 
@@ -399,12 +462,13 @@ def fact_recorded(conn: sqlite3.Connection, e: Event, p: FactRecorded) -> None:
     # A fact said again (or true again after it was retired) is current again.
     conn.execute(
         "INSERT INTO edge (edge_id, persona_id, src, rel, dst, weight, evidence, valid_from,"
-        " updated_at, invalid_at) VALUES (?, ?, ?, ?, ?, 1.0, 1, ?, ?, NULL)"
+        " updated_at, invalid_at, source_memory) VALUES (?, ?, ?, ?, ?, 1.0, 1, ?, ?, NULL, ?)"
         " ON CONFLICT (edge_id) DO UPDATE SET evidence = edge.evidence + 1,"
         " updated_at = excluded.updated_at, invalid_at = NULL,"
+        " source_memory = excluded.source_memory,"
         " valid_from = CASE WHEN edge.invalid_at IS NULL THEN edge.valid_from"
         " ELSE excluded.valid_from END",
-        (p.edge_id, p.persona_id, p.src, p.rel, p.dst, _at(e), _at(e)),
+        (p.edge_id, p.persona_id, p.src, p.rel, p.dst, _at(e), _at(e), p.memory_id),
     )
 
 
@@ -460,5 +524,8 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         OperatorOverride: _handler(OperatorOverride, identity_recorded),
         TurnCompleted: _handler(TurnCompleted, turn_completed),
         TurnFailed: _handler(TurnFailed, turn_failed),
+        ChatRenamed: _handler(ChatRenamed, chat_renamed),
+        ChatArchived: _handler(ChatArchived, chat_archived),
+        ChatRestored: _handler(ChatRestored, chat_restored),
     }
 )

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from persona.projector import (
+    FTS_TABLES,
     PROJECTION_TABLES,
     Progress,
     Projector,
@@ -51,14 +52,15 @@ def table_digest(conn: sqlite3.Connection, table: str) -> str:
 
 
 def projection_digests(conn: sqlite3.Connection) -> dict[str, str]:
-    """Digest of every projection table, plus whether the FTS index agrees with memory."""
+    """Digest of every projection table, plus whether each FTS index agrees with its table."""
     digests = {table: table_digest(conn, table) for table in PROJECTION_TABLES}
-    try:
-        # 'integrity-check' raises when the full-text index is out of step with its content.
-        conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('integrity-check', 1)")
-        digests["memory_fts"] = "consistent"
-    except sqlite3.DatabaseError as exc:
-        digests["memory_fts"] = f"INCONSISTENT ({exc})"
+    for fts in FTS_TABLES:
+        try:
+            # 'integrity-check' raises when the full-text index is out of step with its content.
+            conn.execute(f"INSERT INTO {fts} ({fts}, rank) VALUES ('integrity-check', 1)")
+            digests[fts] = "consistent"
+        except sqlite3.DatabaseError as exc:
+            digests[fts] = f"INCONSISTENT ({exc})"
     return digests
 
 

@@ -230,7 +230,7 @@ def pinned_memories(
         " AND (m.pinned = 1 OR (m.tier = 'L3' AND m.kind = 'belief')) AND m.invalid_at IS NULL"
         " AND m.tombstone = 0 AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
         " WHERE w.user_id = ? AND w.memory_id = m.memory_id))"
-        " ORDER BY m.created_at, m.memory_id LIMIT ?",
+        " ORDER BY m.pinned DESC, m.created_at, m.memory_id LIMIT ?",
         (persona_id, user_id, limit),
     ).fetchall()
     return [_hit(r, None) for r in rows]
@@ -389,13 +389,15 @@ def _edge(r: sqlite3.Row) -> EdgeRow:
     )
 
 
-def current_edges(conn: sqlite3.Connection, src: str, rels: Sequence[str]) -> list[EdgeRow]:
-    """The edges from `src` with one of `rels` that no fact has retired, by id."""
+def current_edges(
+    conn: sqlite3.Connection, persona_id: str, src: str, rels: Sequence[str]
+) -> list[EdgeRow]:
+    """The persona's edges from `src` with one of `rels` that no fact has retired, by id."""
     marks = ", ".join("?" for _ in rels)
     rows = conn.execute(
-        f"SELECT * FROM edge WHERE src = ? AND rel IN ({marks}) AND invalid_at IS NULL"
-        " ORDER BY edge_id",
-        (src, *rels),
+        "SELECT * FROM edge WHERE persona_id = ? AND src = ?"
+        f" AND rel IN ({marks}) AND invalid_at IS NULL ORDER BY edge_id",
+        (persona_id, src, *rels),
     ).fetchall()
     return [_edge(r) for r in rows]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from persona.errors import (
 )
 from persona.resources import static_dir
 from persona.version import ENGINE_VERSION
-from persona.web import api, docs, login, memory, operator, pages, security, sleep
+from persona.web import api, chats, docs, login, memory, operator, pages, security, sleep
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -42,15 +42,45 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": error, "detail": detail})
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, included routers opened (FastAPI wraps an included router)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path answers (Starlette names only the first
+    matching route's), for a 405's Allow header."""
+    path = request.url.path
+    by_format: dict[str, set[str]] = {}
+    for route in _routes(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods = set(getattr(route, "methods", None) or ())
+            by_format.setdefault(str(getattr(route, "path_format", "")), set()).update(methods)
+    # A path spelled out ("/persona/chat/stream") wins over a template it also fits
+    # ("/persona/chat/{session_id}"): the template's methods are another resource's.
+    static = {f: m for f, m in by_format.items() if "{" not in f}
+    chosen = static or by_format
+    return ", ".join(sorted(set().union(*chosen.values()))) if chosen else ""
+
+
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 400 and "parsing the body" in message:
         message = "request body could not be decoded (invalid JSON or UTF-8)"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     return JSONResponse(
         status_code=exc.status_code,
         content={"error": message},
-        headers=getattr(exc, "headers", None),
+        headers=headers or None,
     )
 
 
@@ -128,6 +158,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(operator.router)
     app.include_router(memory.router)
     app.include_router(sleep.router)
+    app.include_router(chats.router)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     security.install(app, engine.settings)
     return app

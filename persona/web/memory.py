@@ -304,23 +304,6 @@ async def edit_memory(memory_id: MemoryId, body: MemoryEdit, engine: EngineDep) 
         return _refused(exc)
 
 
-ONE_MEMORY_METHODS = "GET, HEAD, PATCH, DELETE"
-
-
-@router.api_route(
-    "/persona/memories/{memory_id}",
-    methods=["OPTIONS", "POST", "PUT", "TRACE"],
-    include_in_schema=False,
-)
-async def other_method() -> JSONResponse:
-    """405 naming every method of the path: Starlette's own names only the first route's."""
-    return JSONResponse(
-        status_code=405,
-        content={"error": "method not allowed"},
-        headers={"Allow": ONE_MEMORY_METHODS},
-    )
-
-
 @router.post("/persona/memories/{memory_id}/pin", response_model=MemoryChange, responses=_WRITE)
 async def pin_memory(memory_id: MemoryId, engine: EngineDep) -> Any:
     """Pin a memory to L3: in every later prompt of a user who may see it."""

@@ -6,7 +6,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -17,7 +17,7 @@ from persona.engine import Engine
 from persona.errors import ChatConflict, MessageTooLong, PersonaNotFound, QueueFull, ShuttingDown
 from persona.pipeline.broadcast import RESYNC, TurnEvent
 from persona.pipeline.meta import build_meta
-from persona.storage import queries
+from persona.storage import chat_queries, queries
 from persona.web.deps import EngineDep
 from persona.web.schemas import ID_PATTERN, MAX_MESSAGE_CHARS, ChatRequest
 from persona.web.templating import fragment, templates
@@ -79,8 +79,28 @@ def head_meta(conn: sqlite3.Connection, chat: dict[str, Any] | None) -> dict[str
     return build_meta(queries.trace_events(conn, turn["trace_id"])).model_dump(mode="json")
 
 
+def rail(
+    conn: sqlite3.Connection, persona_id: str, q: str = "", archived: bool = False
+) -> dict[str, Any]:
+    """The chat rail: the persona's listed chats, and those the search or archive view picks."""
+    _, chats = chat_queries.list_chats(conn, persona_id, limit=RECENT_CHATS)
+    filtered = bool(q.strip()) or archived
+    found = (
+        chat_queries.list_chats(conn, persona_id, archived, q, RECENT_CHATS)[1] if filtered else []
+    )
+    # Where the rail's forms send the browser back to: this view of the rail.
+    back = urlencode({k: v for k, v in (("q", q), ("archived", "1" if archived else "")) if v})
+    rail_view = {"q": q, "archived": archived, "filtered": filtered, "found": found, "back": back}
+    return {"chats": chats, "rail": rail_view}
+
+
 def chat_view(
-    conn: sqlite3.Connection, chat_id: str, persona_id: str | None, default_persona: str
+    conn: sqlite3.Connection,
+    chat_id: str,
+    persona_id: str | None,
+    default_persona: str,
+    q: str = "",
+    archived: bool = False,
 ) -> dict[str, Any] | None:
     """Everything the chat page shows; None when its persona does not exist."""
     chat = queries.get_chat(conn, chat_id)
@@ -94,7 +114,7 @@ def chat_view(
         "persona": persona,
         # A new chat remembers a chosen persona until its first turn creates it.
         "persona_id_field": persona_id if chat is None else None,
-        "chats": queries.list_chats(conn, RECENT_CHATS),
+        **rail(conn, chosen, q, archived),
         "turns": view_turns(queries.conversation(conn, chat_id)),
         "meta": head_meta(conn, chat),
         "max_chars": MAX_MESSAGE_CHARS,
@@ -114,7 +134,7 @@ def stream_view(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
     return {
         "session_id": chat_id,
         "persona": persona or {"name": "Persona"},
-        "chats": queries.list_chats(conn, RECENT_CHATS),
+        "chats": rail(conn, chat["persona_id"])["chats"] if chat else [],
     }
 
 
@@ -268,15 +288,29 @@ async def index() -> RedirectResponse:
     return RedirectResponse(f"/chats/{new_session_id()}", status_code=303)
 
 
+# The longest search the chat rail takes.
+MAX_RAIL_QUERY_CHARS = 200
+
+
 @router.api_route("/chats/{session_id}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def chat_page(
-    request: Request, session_id: str, engine: EngineDep, persona_id: str | None = None
+    request: Request,
+    session_id: str,
+    engine: EngineDep,
+    persona_id: str | None = None,
+    q: str = "",
+    archived: str = "",
 ) -> Response:
-    """The chat: recent chats, messages, the composer and the state drawer."""
+    """The chat: the chat rail (searched, or its archived chats), messages, the composer and
+    the state drawer."""
     for value in (session_id, persona_id):
         if value is not None and not valid_id(value):
             return error_page(request, 422, "Invalid id", f"{value!r} is not a valid id.")
-    view = await engine.store.read(chat_view, session_id, persona_id, engine.default_persona_id)
+    if len(q) > MAX_RAIL_QUERY_CHARS:
+        return error_page(request, 422, "Invalid search", "The search is too long.")
+    view = await engine.store.read(
+        chat_view, session_id, persona_id, engine.default_persona_id, q, archived == "1"
+    )
     if view is None:
         return error_page(request, 404, "Unknown persona", f"No persona {persona_id!r}.")
     return templates.TemplateResponse(request, CHAT, {**view, "warming": warming(engine)})

@@ -1,5 +1,9 @@
+-- index chats_persona_recent
+CREATE INDEX chats_persona_recent ON chats (persona_id, archived, updated_at);
 -- index chats_recent
 CREATE INDEX chats_recent ON chats (updated_at);
+-- index edge_source
+CREATE INDEX edge_source ON edge (source_memory) WHERE source_memory IS NOT NULL;
 -- index edge_subject
 CREATE INDEX edge_subject ON edge (persona_id, src, rel);
 -- index events_trace
@@ -19,6 +23,10 @@ CREATE INDEX memory_recent ON memory (persona_id, created_at);
 CREATE INDEX memory_turn ON memory (turn_id);
 -- index memory_vector_persona
 CREATE INDEX memory_vector_persona ON memory_vector (persona_id, model);
+-- index memory_witness_memory
+CREATE INDEX memory_witness_memory ON memory_witness (memory_id, user_id);
+-- index messages_chat
+CREATE INDEX messages_chat ON messages (chat_id);
 -- index messages_turn
 CREATE INDEX messages_turn ON messages (turn_id);
 -- index turns_chat
@@ -32,6 +40,21 @@ CREATE TABLE chat_state (
     state       TEXT NOT NULL,      -- JSON of events.ChatState
     recorded_at TEXT NOT NULL
 );
+-- table chat_title_fts
+CREATE VIRTUAL TABLE chat_title_fts USING fts5 (
+    title,
+    content = 'chats',
+    content_rowid = 'rowid',
+    tokenize = 'porter unicode61'
+);
+-- table chat_title_fts_config
+CREATE TABLE 'chat_title_fts_config'(k PRIMARY KEY, v) WITHOUT ROWID;
+-- table chat_title_fts_data
+CREATE TABLE 'chat_title_fts_data'(id INTEGER PRIMARY KEY, block BLOB);
+-- table chat_title_fts_docsize
+CREATE TABLE 'chat_title_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
+-- table chat_title_fts_idx
+CREATE TABLE 'chat_title_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
 -- table chats
 CREATE TABLE chats (
     chat_id      TEXT PRIMARY KEY,
@@ -42,7 +65,7 @@ CREATE TABLE chats (
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL,
     turn_count   INTEGER NOT NULL DEFAULT 0
-);
+, archived INTEGER NOT NULL DEFAULT 0, last_snippet TEXT NOT NULL DEFAULT '');
 -- table classifier_failures
 CREATE TABLE classifier_failures (
     event_id    TEXT PRIMARY KEY,
@@ -65,7 +88,8 @@ CREATE TABLE edge (
     evidence    INTEGER NOT NULL,   -- how many assertions support it
     valid_from  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
-    invalid_at  TEXT                -- set when a contradicting fact retired it
+    invalid_at  TEXT,               -- set when a contradicting fact retired it
+    source_memory TEXT              -- the fact memory that stated it (NULL: not a fact)
 );
 -- table events
 CREATE TABLE events (
@@ -154,6 +178,21 @@ CREATE TABLE memory_witness (
     memory_id TEXT NOT NULL,
     PRIMARY KEY (user_id, memory_id)
 ) WITHOUT ROWID;
+-- table message_fts
+CREATE VIRTUAL TABLE message_fts USING fts5 (
+    content,
+    content = 'messages',
+    content_rowid = 'rowid',
+    tokenize = 'porter unicode61'
+);
+-- table message_fts_config
+CREATE TABLE 'message_fts_config'(k PRIMARY KEY, v) WITHOUT ROWID;
+-- table message_fts_data
+CREATE TABLE 'message_fts_data'(id INTEGER PRIMARY KEY, block BLOB);
+-- table message_fts_docsize
+CREATE TABLE 'message_fts_docsize'(id INTEGER PRIMARY KEY, sz BLOB);
+-- table message_fts_idx
+CREATE TABLE 'message_fts_idx'(segid, term, pgno, PRIMARY KEY(segid, term)) WITHOUT ROWID;
 -- table messages
 CREATE TABLE messages (
     message_id  TEXT PRIMARY KEY,   -- the event that said it
