@@ -26,6 +26,7 @@ from persona.events.chats import ChatArchived, ChatRenamed, ChatRestored
 from persona.storage import chat_queries, queries
 from persona.storage.eventlog import NewEvent
 from persona.storage.store import WriteTx
+from persona.web.changes import AUTH, Refused, read_form, refused, write_responses
 from persona.web.deps import EngineDep
 from persona.web.pages import FormError, describe, error_page, valid_id
 from persona.web.schemas import ID_PATTERN, ErrorBody, Identifier
@@ -140,14 +141,6 @@ class NewChat(BaseModel):
 # ---- decisions, in the writer's transaction ----------------------------------------------------
 
 
-class Refused(Exception):
-    """A change that cannot be made; `status` is the HTTP answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 Action = Literal["rename", "archive", "restore"]
 
 
@@ -205,21 +198,8 @@ def _start(tx: WriteTx, started: ChatStarted) -> dict[str, Any]:
 
 # ---- JSON API ---------------------------------------------------------------------------------
 
-_AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "An access token is configured and was not sent"},
-}
-_WRITE: dict[int | str, dict[str, Any]] = {
-    **_AUTH,
-    400: {"model": ErrorBody, "description": "Invalid JSON or UTF-8"},
-    403: {"model": ErrorBody, "description": "Sent from another site's page (CSRF guard)"},
-    404: {"model": ErrorBody, "description": "Unknown chat"},
-    413: {"model": ErrorBody, "description": "The body is over the size cap"},
-    422: {"model": ErrorBody, "description": "Invalid chat id or title"},
-}
-
-
-def _refused(exc: Refused) -> JSONResponse:
-    return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+_AUTH = AUTH
+_WRITE = write_responses("Unknown chat", "Invalid chat id or title")
 
 
 @router.get(
@@ -276,7 +256,7 @@ async def create_chat(body: NewChat, engine: EngineDep) -> Any:
     try:
         chat = await engine.store.transact(lambda tx: _start(tx, started))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
     return ChatItem(**chat)
 
 
@@ -303,7 +283,7 @@ async def rename_chat(chat_id: ChatId, body: ChatTitle, engine: EngineDep) -> An
     try:
         return await apply_change(engine, Change("rename", chat_id, body.title))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 @router.post("/persona/chats/{chat_id}/archive", response_model=ChatChange, responses=_WRITE)
@@ -312,7 +292,7 @@ async def archive_chat(chat_id: ChatId, engine: EngineDep) -> Any:
     try:
         return await apply_change(engine, Change("archive", chat_id))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 @router.post("/persona/chats/{chat_id}/restore", response_model=ChatChange, responses=_WRITE)
@@ -321,7 +301,7 @@ async def restore_chat(chat_id: ChatId, engine: EngineDep) -> Any:
     try:
         return await apply_change(engine, Change("restore", chat_id))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 # ---- the rail's forms -------------------------------------------------------------------------
@@ -331,20 +311,6 @@ def rail_url(session_id: str, filters: dict[str, str]) -> str:
     """The chat page of `session_id` with the rail's filters (empty ones left out)."""
     query = {k: v for k, v in filters.items() if v and k in RAIL_FILTERS}
     return f"/chats/{session_id}" + (f"?{urlencode(query)}" if query else "")
-
-
-async def read_form(request: Request) -> dict[str, str]:
-    """The urlencoded form of a rail action (raises FormError)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    body = await request.body()
-    if body and content_type != "application/x-www-form-urlencoded":
-        raise FormError(415, ["send the form urlencoded (application/x-www-form-urlencoded)"])
-    if len(body) > MAX_FORM_BYTES:
-        raise FormError(413, ["the form is too long"])
-    try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
-    except UnicodeDecodeError:
-        raise FormError(400, ["the form is not valid UTF-8"]) from None
 
 
 def back_to(form: dict[str, str], chat_id: str) -> str:
@@ -358,7 +324,7 @@ async def _form_action(request: Request, engine: Engine, action: Action, chat_id
     if not valid_id(chat_id):
         return error_page(request, 422, "Invalid id", f"{chat_id!r} is not a valid chat id.")
     try:
-        form = await read_form(request)
+        form = await read_form(request, MAX_FORM_BYTES)
         title = ""
         if action == "rename":
             try:

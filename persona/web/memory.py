@@ -28,6 +28,7 @@ from persona.events.memory import MemoryDeleted, MemoryEdited, MemoryPinned, Tie
 from persona.storage import memory_queries, queries
 from persona.storage.eventlog import NewEvent
 from persona.storage.store import WriteTx
+from persona.web.changes import AUTH, Refused, read_form, refused, write_responses
 from persona.web.deps import EngineDep
 from persona.web.pages import FormError, describe, error_page, valid_id
 from persona.web.schemas import ID_PATTERN, MESSAGE_PATTERN, ErrorBody
@@ -154,14 +155,6 @@ def _item(row: dict[str, Any]) -> MemoryItem:
 # ---- decisions, in the writer's transaction ----------------------------------------------------
 
 
-class Refused(Exception):
-    """A change that cannot be made; `status` is the HTTP answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 Action = Literal["edit", "pin", "unpin", "delete"]
 
 
@@ -226,22 +219,12 @@ async def apply_change(engine: Engine, change: Change) -> MemoryChange:
 
 # ---- JSON API ---------------------------------------------------------------------------------
 
-_AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "An access token is configured and was not sent"},
-}
-_WRITE: dict[int | str, dict[str, Any]] = {
-    **_AUTH,
-    400: {"model": ErrorBody, "description": "Invalid JSON or UTF-8"},
-    403: {"model": ErrorBody, "description": "Sent from another site's page (CSRF guard)"},
-    404: {"model": ErrorBody, "description": "Unknown memory"},
-    409: {"model": ErrorBody, "description": "The memory is deleted, or is the core memory"},
-    413: {"model": ErrorBody, "description": "The body is over the size cap"},
-    422: {"model": ErrorBody, "description": "Invalid memory id or field values"},
-}
-
-
-def _refused(exc: Refused) -> JSONResponse:
-    return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+_AUTH = AUTH
+_WRITE = write_responses(
+    "Unknown memory",
+    "Invalid memory id or field values",
+    "The memory is deleted, or is the core memory",
+)
 
 
 @router.get(
@@ -301,7 +284,7 @@ async def edit_memory(memory_id: MemoryId, body: MemoryEdit, engine: EngineDep) 
     try:
         return await apply_change(engine, Change("edit", memory_id, body.content, body.reason))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 @router.post("/persona/memories/{memory_id}/pin", response_model=MemoryChange, responses=_WRITE)
@@ -310,7 +293,7 @@ async def pin_memory(memory_id: MemoryId, engine: EngineDep) -> Any:
     try:
         return await apply_change(engine, Change("pin", memory_id))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 @router.post("/persona/memories/{memory_id}/unpin", response_model=MemoryChange, responses=_WRITE)
@@ -319,7 +302,7 @@ async def unpin_memory(memory_id: MemoryId, engine: EngineDep) -> Any:
     try:
         return await apply_change(engine, Change("unpin", memory_id))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 @router.delete("/persona/memories/{memory_id}", response_model=MemoryChange, responses=_WRITE)
@@ -337,7 +320,7 @@ async def delete_memory(
     try:
         return await apply_change(engine, Change("delete", memory_id, reason=reason))
     except Refused as exc:
-        return _refused(exc)
+        return refused(exc)
 
 
 # ---- the page ---------------------------------------------------------------------------------
@@ -429,20 +412,6 @@ async def memory_page(request: Request, engine: EngineDep) -> Response:
     return templates.TemplateResponse(request, PAGE, context)
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """The urlencoded form of a memory action (raises FormError)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    body = await request.body()
-    if body and content_type != "application/x-www-form-urlencoded":
-        raise FormError(415, ["send the form urlencoded (application/x-www-form-urlencoded)"])
-    if len(body) > MAX_FORM_BYTES:
-        raise FormError(413, ["the form is too long"])
-    try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
-    except UnicodeDecodeError:
-        raise FormError(400, ["the form is not valid UTF-8"]) from None
-
-
 def back_to(form: dict[str, str], memory_id: str) -> str:
     """The page the form came from (only its known filters), at the memory's entry."""
     sent = dict(parse_qsl(form.get("back", ""), keep_blank_values=False))
@@ -472,7 +441,7 @@ async def memory_form(request: Request, memory_id: str, action: str, engine: Eng
     if not valid_memory_id(memory_id):
         return error_page(request, 422, "Invalid id", f"{memory_id!r} is not a valid memory id.")
     try:
-        form = await read_form(request)
+        form = await read_form(request, MAX_FORM_BYTES)
         change = _change_from_form(action, memory_id, form)  # type: ignore[arg-type]
         await apply_change(engine, change)
     except FormError as exc:

@@ -24,6 +24,7 @@ from persona.pipeline import identity
 from persona.storage import queries
 from persona.storage.eventlog import NewEvent
 from persona.storage.store import WriteTx
+from persona.web.changes import write_responses
 from persona.web.deps import EngineDep
 from persona.web.schemas import ID_PATTERN, ErrorBody
 
@@ -150,13 +151,9 @@ _FORBIDDEN = {
     "description": "No operator key is configured, the header is missing or wrong, or the"
     " request came from another site's page (CSRF guard)",
 }
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Invalid JSON or UTF-8"},
-    401: {"model": ErrorBody, "description": "An access token is configured and was not sent"},
+_RESPONSES = {
+    **write_responses("Unknown persona", "Unknown kind, or a payload of the wrong shape"),
     403: _FORBIDDEN,
-    404: {"model": ErrorBody, "description": "Unknown persona"},
-    413: {"model": ErrorBody, "description": "The body is over the size cap"},
-    422: {"model": ErrorBody, "description": "Unknown kind, or a payload of the wrong shape"},
 }
 
 

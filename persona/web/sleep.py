@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from persona.sleep import sleep
+from persona.web.changes import write_responses
 from persona.web.deps import EngineDep
-from persona.web.schemas import ErrorBody, Identifier
+from persona.web.schemas import Identifier
 
 router = APIRouter()
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Invalid JSON or UTF-8"},
-    401: {"model": ErrorBody, "description": "An access token is configured and was not sent"},
-    403: {"model": ErrorBody, "description": "Sent from another site's page (CSRF guard)"},
-    404: {"model": ErrorBody, "description": "Unknown persona"},
-    413: {"model": ErrorBody, "description": "The body is over the size cap"},
-    422: {"model": ErrorBody, "description": "Invalid field values"},
-}
+_RESPONSES = write_responses("Unknown persona", "Invalid field values")
 
 
 class SleepRequest(BaseModel):
