@@ -38,7 +38,9 @@ class FixedClock:
 
 def iso(moment: datetime) -> str:
     """Format an instant as ISO-8601 UTC with microseconds (sorts as text)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits (strftime's %Y does not below 1000: a chat's
+    # clock may be set to any year from 1).
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_iso(text: str) -> datetime:

@@ -159,7 +159,7 @@ def _parent(
 ) -> tuple[ChatState, list[queries.PathTurn]]:
     # As the live begin reads them (a parent with no snapshot: a 0.1.0 chat).
     path = queries.active_path(conn, parent, window)
-    return queries.chat_state(conn, parent) or ChatState(turns=len(path)), path
+    return queries.path_state(conn, parent) or ChatState(turns=len(path)), path
 
 
 def _logged_turns(events: Sequence[Event]) -> dict[str, list[Event]]:
@@ -279,7 +279,7 @@ async def _replay_turn(
         turn_id=started.turn_id,
         parent_turn_id=started.parent_turn_id,
         depth=started.depth,
-        now=parse_iso(begun.started.wall_time),
+        now=parse_iso(begun.started.chat_time or begun.started.wall_time),
         persona=begun.persona,
         parent_state=state,
         history=history,

@@ -19,6 +19,23 @@ class TurnFailed(RuntimeError):
         self.trace_id = trace_id
 
 
+class TurnStopped(TurnFailed):
+    """The user stopped the turn's reply: it was recorded as stopped, with what streamed."""
+
+    def __init__(self, trace_id: str, turn_id: str, partial_reply: str):
+        super().__init__("stopped: the reply was stopped by the user", trace_id)
+        self.turn_id = turn_id
+        self.partial_reply = partial_reply
+
+
+class ChatBusy(ChatConflict):
+    """The chat has a turn waiting or running: its tree cannot move until it ends (409)."""
+
+
+class NothingToStop(ChatConflict):
+    """A stop was asked for a chat with no reply streaming (409)."""
+
+
 class MissingDecision(LookupError):
     """A stage asked for the decision of a stage that has not run in this turn."""
 

@@ -15,7 +15,7 @@ from helpers import PIPELINE_TIMING, LiveServer, ReplyGate, wait_until
 from persona.clock import FixedClock
 from persona.config import Settings
 from persona.engine import Engine
-from persona.llm.scripted import FailAfter, ScriptedBackend
+from persona.llm.scripted import FailAfter, HoldAfter, ScriptedBackend
 from persona.storage import queries
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -268,7 +268,7 @@ def test_at_phone_width_the_drawer_and_chat_list_are_toggles(
         expect(drawer).to_contain_text("coherence")
         expect(state).to_have_attribute("aria-expanded", "true")
         expect(composer).to_be_in_viewport()
-        expect(page.locator(".composer button")).to_be_in_viewport()
+        expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
         page.screenshot(path=str(tmp_path / "phone_drawer.png"))
 
         chats_button.click()  # one panel at a time
@@ -397,3 +397,97 @@ def test_with_a_token_the_browser_logs_in_and_chats_under_the_csp(
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(re.compile(r"/login$"))
         assert errors == []
+
+
+def test_the_turn_tree_in_the_browser_regenerate_branch_rewind_undo_and_stop(
+    desktop: Any, live_server: LiveServer, backend: ScriptedBackend
+) -> None:
+    backend.enqueue("Reply one.", "Reply two.", "Reply three.", "Reply one again.")
+    backend.enqueue(HoldAfter("some partial words"), "A whole answer.", "A short answer.")
+    errors: list[str] = []
+    one = Tab(desktop, f"{live_server.url}/", errors, "tab 1")
+    page = one.page
+    replies = page.locator(".msg.assistant .text")
+    for n, message in enumerate(("first", "second", "third <b>x</b>"), start=1):
+        one.say(message)
+        expect(page.locator(".msg.assistant[data-status=completed]")).to_have_count(n)
+    two = Tab(desktop, page.url, errors, "tab 2")
+    two.page.evaluate("window.notReloaded = true")
+    expect(two.page.locator(".msg.user .text").last).to_have_text("third <b>x</b>")
+
+    # Regenerate the FIRST reply: a new branch from there, shown as its second version.
+    first = page.locator(".msg.assistant").first
+    first.get_by_role("button", name="Regenerate").click()
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.assistant .text")).to_have_text(["Reply one again."])
+        expect(tab.page.locator(".sibling-pos")).to_have_text("2 / 2")
+    # ‹ and › choose the branch; the conversation below follows.
+    page.get_by_role("button", name="Previous version").click()
+    expect(replies).to_have_text(["Reply one.", "Reply two.", "Reply three."])
+    expect(page.locator(".sibling-pos")).to_have_text("1 / 2")
+    expect(page.get_by_role("button", name="Previous version")).to_be_disabled()
+    page.get_by_role("button", name="Next version").click()
+    expect(replies).to_have_text(["Reply one again."])
+    page.get_by_role("button", name="Previous version").click()
+    expect(replies).to_have_text(["Reply one.", "Reply two.", "Reply three."])
+
+    # Rewind to the first turn: the dry run's impact first, in a dialog; then the move.
+    page.locator(".msg.assistant").first.get_by_role("button", name="Rewind here").click()
+    dialog = page.locator("#rewind-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("[data-testid=rewind-impact]")).to_contain_text("2 turns")
+    expect(dialog.locator(".rewind-details")).to_contain_text("third <b>x</b>")
+    dialog.get_by_role("button", name="Cancel").click()  # cancelled: nothing moves
+    expect(dialog).to_be_hidden()
+    expect(replies).to_have_count(3)
+    page.locator(".msg.assistant").first.get_by_role("button", name="Rewind here").click()
+    dialog.get_by_role("button", name="Rewind").click()
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.assistant .text")).to_have_text(["Reply one."])
+    undo = page.get_by_role("button", name="Undo rewind")
+    undo.click()
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.assistant .text")).to_have_text(
+            ["Reply one.", "Reply two.", "Reply three."]
+        )
+    expect(undo).to_have_count(0)
+
+    # Stop a streaming reply: Send is disabled meanwhile; the reply stays, truncated.
+    send = page.locator(".composer button[type=submit]")
+    stop = page.get_by_role("button", name="Stop")
+    expect(stop).to_be_hidden()
+    one.say("tell me a long story")
+    streaming = page.locator(".msg.assistant[data-status=started] .text")
+    expect(streaming).to_have_text("some partial words")
+    expect(send).to_be_disabled()
+    expect(two.page.locator(".composer button[type=submit]")).to_be_disabled()
+    stop.click()
+    stopped = page.locator(".msg.assistant[data-status=stopped]")
+    expect(stopped.locator(".text")).to_have_text("some partial words")
+    expect(stopped.locator("[data-testid=truncated]")).to_have_text("truncated")
+    expect(send).to_be_enabled()
+    expect(stop).to_be_hidden()
+    # A stopped reply can be regenerated.
+    stopped.get_by_role("button", name="Regenerate").click()
+    last = page.locator(".msg.assistant").last
+    expect(last.locator(".text")).to_have_text("A whole answer.")
+    expect(last.locator(".sibling-pos")).to_have_text("2 / 2")
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.assistant .text")).to_have_text(
+            ["Reply one.", "Reply two.", "Reply three.", "A whole answer."]
+        )
+
+    # Edit a message: a sibling turn with the new text, answered anew.
+    message = page.locator(".msg.user").last
+    message.get_by_role("button", name="Edit").click()
+    box = message.get_by_label("Edited message")
+    expect(box).to_have_value("tell me a long story")
+    box.fill("a short <i>one</i>")
+    message.get_by_role("button", name="Save").click()
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.user .text").last).to_have_text("a short <i>one</i>")
+        expect(tab.page.locator(".msg.assistant .text").last).to_have_text("A short answer.")
+        expect(tab.page.locator(".msg.assistant .sibling-pos").last).to_have_text("3 / 3")
+    expect(two.page.locator("#messages b, #messages i")).to_have_count(0)  # text, not tags
+    assert two.page.evaluate("window.notReloaded") is True  # every move came live
+    assert errors == []

@@ -24,6 +24,7 @@ from persona.events.chat import (
     TurnStarted,
 )
 from persona.events.chats import ChatArchived, ChatRenamed, ChatRestored
+from persona.events.clock import ChatClockSet
 from persona.events.decisions import (
     BeliefRevised,
     Budget,
@@ -56,6 +57,14 @@ from persona.events.queue import TurnQueued
 from persona.events.relationship import EdgeAsserted
 from persona.events.state import ChatState
 from persona.events.telemetry import TelemetryRecorded
+from persona.events.tree import (
+    BranchSelected,
+    ChatRewound,
+    RewindUndone,
+    TurnEdited,
+    TurnRegenerated,
+    TurnStopped,
+)
 
 # Every event type, in the order a turn produces them (an explicit tuple, not a registry).
 EVENT_TYPES: tuple[type[EventPayload], ...] = (
@@ -63,6 +72,8 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     PersonaRevised,
     ChatStarted,
     TurnQueued,
+    TurnRegenerated,
+    TurnEdited,
     TurnStarted,
     Perception,
     ClassifierFailed,
@@ -81,6 +92,10 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     OperatorOverride,
     TurnCompleted,
     TurnFailed,
+    TurnStopped,
+    ChatRewound,
+    RewindUndone,
+    BranchSelected,
     MemoryEdited,
     MemoryPinned,
     MemoryDeleted,
@@ -89,6 +104,7 @@ EVENT_TYPES: tuple[type[EventPayload], ...] = (
     ChatRenamed,
     ChatArchived,
     ChatRestored,
+    ChatClockSet,
 )
 
 CATALOG = Catalog(EVENT_TYPES)
@@ -97,11 +113,14 @@ __all__ = [
     "CATALOG",
     "EVENT_TYPES",
     "BeliefRevised",
+    "BranchSelected",
     "Budget",
     "Catalog",
     "ChatArchived",
+    "ChatClockSet",
     "ChatRenamed",
     "ChatRestored",
+    "ChatRewound",
     "ChatStarted",
     "ChatState",
     "ChatStateRecorded",
@@ -134,13 +153,17 @@ __all__ = [
     "ReplyCompleted",
     "ReplyUsage",
     "RetrievedMemory",
+    "RewindUndone",
     "Safety",
     "Telemetry",
     "TelemetryRecorded",
     "TurnCompleted",
+    "TurnEdited",
     "TurnFailed",
     "TurnQueued",
+    "TurnRegenerated",
     "TurnStarted",
+    "TurnStopped",
     "UnknownEventType",
     "UpcastError",
     "Upcaster",

@@ -46,7 +46,15 @@ class Unfinished:
     finish_reason: str | None = None
 
 
-Scripted = str | FailAfter | Unfinished
+@dataclass
+class HoldAfter:
+    """A scripted reply that streams `text` and then waits, mid-reply, until cancelled
+    (a reply the user stops)."""
+
+    text: str
+
+
+Scripted = str | FailAfter | Unfinished | HoldAfter
 
 
 class ScriptedBackend(Backend):
@@ -117,6 +125,8 @@ class ScriptedBackend(Backend):
             yield piece
         if isinstance(reply, FailAfter):
             raise LLMError(reply.error)
+        if isinstance(reply, HoldAfter):
+            await asyncio.Event().wait()  # until the turn is cancelled (a stop)
 
     async def embed(self, texts: list[str], model: str) -> list[list[float]]:
         """A hashed bag of content words, L2-normalized: texts sharing words are close."""

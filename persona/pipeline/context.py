@@ -32,6 +32,18 @@ class TurnRequest:
     gen_explicit: frozenset[str] = frozenset()
     # The client's own JSON object, stored on turn.started (never read by the stages).
     metadata: dict[str, Any] | None = None
+    # Set for a regenerated or edited turn: a sibling of an existing turn.
+    variant: Variant | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A new turn beside `of_turn_id` (same parent): another reply, or an edited message."""
+
+    kind: Literal["regenerate", "edit"]
+    of_turn_id: str
+    parent_turn_id: str | None
+    previous: str  # the message of `of_turn_id`
 
 
 @dataclass

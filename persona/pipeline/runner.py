@@ -19,14 +19,17 @@ from typing import Any
 from persona.config import Settings
 from persona.controls import strip_controls
 from persona.errors import (
+    ChatBusy,
     ChatConflict,
     MessageTooLong,
+    NothingToStop,
     PersonaNotFound,
     QueueFull,
     ShuttingDown,
     TurnFailed,
+    TurnStopped,
 )
-from persona.events import ChatStarted, TurnQueued
+from persona.events import ChatStarted, TurnEdited, TurnQueued, TurnRegenerated
 from persona.llm.base import Backend
 from persona.pipeline.broadcast import Broadcaster, TurnEvent
 from persona.pipeline.context import PostStage, Stage, StageEnv, TurnContext, TurnRequest
@@ -123,6 +126,31 @@ def queue_events(tx: WriteTx, request: TurnRequest, handle: TurnHandle, ahead: i
         ahead=ahead,
     )
     new.append(NewEvent(queued, stream, "runner", trace_id=handle.trace_id))
+    variant = request.variant
+    if variant is not None:
+        # The leaf moves to the variant's parent now: nothing waits in this chat (submit
+        # refused otherwise), so the new turn begins on exactly that state.
+        origin = tx.read(queries.get_turn, variant.of_turn_id)
+        if origin is None or origin["chat_id"] != request.chat_id:
+            raise ChatConflict(f"turn {variant.of_turn_id!r} is not a turn of this chat")
+        marker: TurnRegenerated | TurnEdited
+        if variant.kind == "regenerate":
+            marker = TurnRegenerated(
+                turn_id=handle.turn_id,
+                chat_id=request.chat_id,
+                of_turn_id=variant.of_turn_id,
+                parent_turn_id=variant.parent_turn_id,
+            )
+        else:
+            marker = TurnEdited(
+                turn_id=handle.turn_id,
+                chat_id=request.chat_id,
+                of_turn_id=variant.of_turn_id,
+                parent_turn_id=variant.parent_turn_id,
+                message=request.message,
+                previous=variant.previous,
+            )
+        new.append(NewEvent(marker, stream, "user", trace_id=handle.trace_id))
     return tx.append(new)
 
 
@@ -164,6 +192,8 @@ class TurnRunner:
         # Per chat, its turns waiting or running, in order; a chat with none has no entry.
         self._queues: dict[str, deque[_Slot]] = {}
         self._tasks: dict[asyncio.Task[None], _Slot] = {}
+        # The running turn of each chat that has one (what a stop cancels).
+        self._running_turns: dict[str, tuple[Turn, asyncio.Task[None]]] = {}
         self._accepting: set[asyncio.Future[None]] = set()
         self._closing = False
         self._running = asyncio.Semaphore(settings.server.concurrent_turns)
@@ -200,6 +230,21 @@ class TurnRunner:
         """How many turns of a chat wait or run."""
         return len(self._queues.get(chat_id, ()))
 
+    def stop(self, chat_id: str) -> str:
+        """Stop the chat's streaming reply; return its trace id.
+
+        The turn records turn.stopped with what streamed (Turn.execute). A reply already
+        whole is recorded as completed: there was nothing left to stop. NothingToStop
+        when no turn of the chat is running.
+        """
+        running = self._running_turns.get(chat_id)
+        if running is None:
+            raise NothingToStop(f"chat {chat_id!r} has no reply streaming")
+        turn, task = running
+        turn.stop_requested = True
+        task.cancel()
+        return turn.trace_id
+
     def busy_chats(self) -> int:
         """How many chats have a turn waiting or running: the only ones with state here."""
         return len(self._queues)
@@ -215,6 +260,10 @@ class TurnRunner:
             raise ShuttingDown("the server is shutting down")
         limit = self.settings.server.chat_queue_limit
         ahead = self.queued(request.chat_id)
+        if request.variant is not None and ahead:
+            raise ChatBusy(
+                f"chat {request.chat_id!r} has a reply waiting or streaming: stop it or wait"
+            )
         if ahead >= limit:
             raise QueueFull(request.chat_id, limit, retry_after_s(ahead))
         total_limit = self.settings.server.turn_limit
@@ -334,7 +383,10 @@ class TurnRunner:
                 await self.ready.wait()  # the model is still loading
             async with self._running:  # at most server.concurrent_turns at once
                 slot.started = True
-                await self._execute(request, slot.handle)
+                try:
+                    await self._execute(request, slot.handle)
+                finally:
+                    self._running_turns.pop(request.chat_id, None)
             if self.after_turn is not None:
                 self.after_turn(request.persona_id)
         finally:
@@ -362,7 +414,12 @@ class TurnRunner:
             handle.turn_id,
         )
 
+        task = asyncio.current_task()
+
         def started(ctx: TurnContext) -> None:
+            # From here a stop is recorded as turn.stopped (Turn.execute).
+            if task is not None:
+                self._running_turns[request.chat_id] = (turn, task)
             self._publish(
                 handle,
                 "start",
@@ -380,6 +437,17 @@ class TurnRunner:
                 # Live text without control characters (the reply check strips them from
                 # the stored reply; the page must not show them meanwhile).
                 lambda text: self._publish(handle, "delta", {"text": strip_controls(text)}),
+            )
+        except TurnStopped as exc:
+            if not handle.result.done():
+                handle.result.set_exception(exc)
+            # The turn's own stream ends as every failed turn's does; every tab of the
+            # chat then hears that the tree moved (the stopped turn is the leaf now).
+            self._publish(handle, "error", {"error": str(exc), "trace_id": handle.trace_id})
+            self._publish(
+                handle,
+                "tree",
+                {"op": "stopped", "session_id": request.chat_id, "leaf_turn_id": exc.turn_id},
             )
         except TurnFailed as exc:
             self._fail(handle, str(exc))

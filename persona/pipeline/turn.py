@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from persona.clock import parse_iso
 from persona.controls import strip_controls
-from persona.errors import PersonaNotFound, TurnFailed
+from persona.errors import PersonaNotFound, TurnFailed, TurnStopped
 from persona.events import (
     ChatStarted,
     ChatState,
@@ -30,6 +30,7 @@ from persona.events import (
 )
 from persona.events import TurnFailed as TurnFailedEvent
 from persona.events.decisions import BeliefRevised
+from persona.events.tree import TurnStopped as TurnStoppedEvent
 from persona.llm.base import LLMError
 from persona.pipeline.context import (
     PostStage,
@@ -157,7 +158,7 @@ def _begin_reads(conn: sqlite3.Connection, request: TurnRequest, window: int) ->
         persona=queries.get_persona(conn, request.persona_id),
         chat_exists=queries.get_chat(conn, request.chat_id) is not None,
         head=head,
-        state=queries.chat_state(conn, head_id),
+        state=queries.path_state(conn, head_id),
         path=queries.active_path(conn, head_id, window),
         identity=queries.identity_state(conn, request.persona_id),
     )
@@ -195,6 +196,8 @@ class Turn:
         self.writes_ms = 0.0
         # The write of a whole reply, once it began (shutdown lets it finish).
         self._recording: asyncio.Future[None] | None = None
+        # Set by the runner before it cancels the turn for a user's stop.
+        self.stop_requested = False
 
     def _event(self, payload: EventPayload, actor: str, **envelope: Any) -> NewEvent:
         return NewEvent(
@@ -280,7 +283,7 @@ class Turn:
         self.events.append(stored[-1])
         # The turn's time is the one its turn.started records: a replay reads it back, so
         # time-dependent decisions (memory recency) replay exactly.
-        ctx.now = parse_iso(stored[-1].wall_time)
+        ctx.now = parse_iso(stored[-1].chat_time or stored[-1].wall_time)
         return ctx
 
     async def run_stages(self, ctx: TurnContext) -> None:
@@ -410,6 +413,23 @@ class Turn:
             ]
         )
 
+    async def stopped(self, stage: str, partial: str) -> None:
+        """Record the turn as stopped by the user, with what streamed (truncated)."""
+        await self.store.append(
+            [
+                self._event(
+                    TurnStoppedEvent(
+                        turn_id=self.turn_id,
+                        chat_id=self.request.chat_id,
+                        persona_id=self.request.persona_id,
+                        stage=stage,
+                        partial_reply=strip_controls(partial),
+                    ),
+                    "user",
+                )
+            ]
+        )
+
     async def execute(
         self, on_start: Callable[[TurnContext], None], on_delta: OnDelta
     ) -> TurnResult:
@@ -452,6 +472,13 @@ class Turn:
                     if task is not None:
                         task.uncancel()
                     return self.result()
+            if self.stop_requested:  # the user's stop, not a shutdown
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                partial = strip_controls(ctx.reply)
+                await asyncio.shield(self.stopped(self.failing_stage, partial))
+                raise TurnStopped(self.trace_id, self.turn_id, partial) from None
             await asyncio.shield(
                 self.fail(self.failing_stage, "cancelled: server shutting down", ctx.reply)
             )

@@ -18,10 +18,13 @@ PROJECTION_TABLES: tuple[str, ...] = (
     "memory",
     "memory_witness",
     "memory_vector",
+    "memory_access",
     "edge",
+    "edge_log",
     "telemetry",
     "chat_state",
     "identity_state",
+    "identity_log",
     "classifier_failures",
 )
 # The full-text indexes over projection tables: emptied with them, checked by `verify`.

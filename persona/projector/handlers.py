@@ -37,6 +37,7 @@ from persona.events import (
     Workspace,
 )
 from persona.events.chats import ChatArchived, ChatRenamed, ChatRestored
+from persona.events.clock import ChatClockSet
 from persona.events.memory import (
     FactRecorded,
     MemoryAccessed,
@@ -46,6 +47,24 @@ from persona.events.memory import (
     MemoryEmbedded,
     MemoryPinned,
 )
+from persona.events.tree import (
+    BranchSelected,
+    ChatRewound,
+    RewindUndone,
+    TurnEdited,
+    TurnRegenerated,
+    TurnStopped,
+)
+from persona.projector.branches import (
+    EdgeEntry,
+    apply_edge_entries,
+    extend_leaf,
+    record_access,
+    retired_edges,
+    set_leaf,
+    turn_of_trace,
+)
+from persona.projector.clock import chat_clock_set
 from persona.storage.eventlog import Event
 from persona.textnorm import cjk_index_text
 
@@ -64,8 +83,18 @@ def _at(e: Event) -> str:
 def persona_created(conn: sqlite3.Connection, e: Event, p: PersonaCreated) -> None:
     conn.execute(
         "INSERT INTO persona (persona_id, name, description, genesis, traits, created_at,"
-        " updated_at, turn_count) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-        (p.persona_id, p.name, p.description, p.genesis, _json(p.traits), _at(e), _at(e)),
+        " updated_at, turn_count, revised_seq, revised_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        (
+            p.persona_id,
+            p.name,
+            p.description,
+            p.genesis,
+            _json(p.traits),
+            _at(e),
+            _at(e),
+            e.seq,
+            _at(e),
+        ),
     )
     _insert_memory(
         conn,
@@ -84,9 +113,9 @@ def persona_created(conn: sqlite3.Connection, e: Event, p: PersonaCreated) -> No
 def persona_revised(conn: sqlite3.Connection, e: Event, p: PersonaRevised) -> None:
     c = p.current
     conn.execute(
-        "UPDATE persona SET name = ?, description = ?, genesis = ?, traits = ?, updated_at = ?"
-        " WHERE persona_id = ?",
-        (c.name, c.description, c.genesis, _json(c.traits), _at(e), p.persona_id),
+        "UPDATE persona SET name = ?, description = ?, genesis = ?, traits = ?, updated_at = ?,"
+        " revised_seq = ?, revised_at = ? WHERE persona_id = ?",
+        (c.name, c.description, c.genesis, _json(c.traits), _at(e), e.seq, _at(e), p.persona_id),
     )
     # The core memory follows the genesis (its FTS row too).
     _set_content(conn, f"core:{p.persona_id}", c.genesis)
@@ -141,7 +170,6 @@ def turn_queued(conn: sqlite3.Connection, e: Event, p: TurnQueued) -> None:
         " VALUES (?, ?, ?, ?, 'queued', ?)",
         (p.turn_id, p.chat_id, e.trace_id, e.seq, p.message),
     )
-    conn.execute("UPDATE chats SET updated_at = ? WHERE chat_id = ?", (_at(e), p.chat_id))
 
 
 def turn_started(conn: sqlite3.Connection, e: Event, p: TurnStarted) -> None:
@@ -160,7 +188,6 @@ def turn_started(conn: sqlite3.Connection, e: Event, p: TurnStarted) -> None:
         (p.turn_id, p.chat_id, e.trace_id, parent, depth, e.seq, p.message, _at(e)),
     )
     _insert_message(conn, e, p.chat_id, p.turn_id, "user", p.message)
-    conn.execute("UPDATE chats SET updated_at = ? WHERE chat_id = ?", (_at(e), p.chat_id))
 
 
 def reply_completed(conn: sqlite3.Connection, e: Event, p: ReplyCompleted) -> None:
@@ -169,18 +196,52 @@ def reply_completed(conn: sqlite3.Connection, e: Event, p: ReplyCompleted) -> No
 
 def turn_completed(conn: sqlite3.Connection, e: Event, p: TurnCompleted) -> None:
     conn.execute(
-        "UPDATE turns SET status = 'completed', reply = ?, ended_at = ? WHERE turn_id = ?",
-        (p.reply, _at(e), p.turn_id),
-    )
-    conn.execute(
-        "UPDATE chats SET head_turn_id = ?, turn_count = turn_count + 1, updated_at = ?"
-        " WHERE chat_id = ?",
-        (p.turn_id, _at(e), p.chat_id),
+        "UPDATE turns SET status = 'completed', reply = ?, ended_at = ?, completed_seq = ?"
+        " WHERE turn_id = ?",
+        (p.reply, _at(e), e.seq, p.turn_id),
     )
     conn.execute(
         "UPDATE persona SET turn_count = turn_count + 1, updated_at = ? WHERE persona_id = ?",
         (_at(e), p.persona_id),
     )
+    extend_leaf(conn, p.chat_id, p.turn_id)
+
+
+def turn_stopped(conn: sqlite3.Connection, e: Event, p: TurnStopped) -> None:
+    # What streamed is kept as the turn's reply, marked truncated; it ends the path.
+    conn.execute(
+        "UPDATE turns SET status = 'stopped', reply = ?, truncated = ?, ended_at = ?"
+        " WHERE turn_id = ?",
+        (p.partial_reply, int(p.truncated), _at(e), p.turn_id),
+    )
+    if p.partial_reply:
+        _insert_message(conn, e, p.chat_id, p.turn_id, "assistant", p.partial_reply)
+    extend_leaf(conn, p.chat_id, p.turn_id)
+
+
+def turn_regenerated(conn: sqlite3.Connection, e: Event, p: TurnRegenerated) -> None:
+    conn.execute(
+        "UPDATE turns SET origin = 'regenerate', variant_of = ? WHERE turn_id = ?",
+        (p.of_turn_id, p.turn_id),
+    )
+    # The new turn runs on the state its sibling saw: the path ends at their parent.
+    set_leaf(conn, p.chat_id, p.parent_turn_id)
+
+
+def turn_edited(conn: sqlite3.Connection, e: Event, p: TurnEdited) -> None:
+    conn.execute(
+        "UPDATE turns SET origin = 'edit', variant_of = ? WHERE turn_id = ?",
+        (p.of_turn_id, p.turn_id),
+    )
+    set_leaf(conn, p.chat_id, p.parent_turn_id)
+
+
+def chat_rewound(conn: sqlite3.Connection, e: Event, p: ChatRewound | RewindUndone) -> None:
+    set_leaf(conn, p.chat_id, p.to_turn_id)
+
+
+def branch_selected(conn: sqlite3.Connection, e: Event, p: BranchSelected) -> None:
+    set_leaf(conn, p.chat_id, p.leaf_turn_id)
 
 
 def turn_failed(conn: sqlite3.Connection, e: Event, p: TurnFailed) -> None:
@@ -205,13 +266,20 @@ def memory_written(conn: sqlite3.Connection, e: Event, p: MemoryWritten) -> None
 
 
 def edge_asserted(conn: sqlite3.Connection, e: Event, p: EdgeAsserted) -> None:
-    conn.execute(
-        "INSERT INTO edge (edge_id, persona_id, src, rel, dst, weight, evidence, valid_from,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)"
-        " ON CONFLICT (edge_id) DO UPDATE SET weight = excluded.weight,"
-        " evidence = edge.evidence + 1, updated_at = excluded.updated_at",
-        (f"{p.src}|{p.rel}|{p.dst}", p.persona_id, p.src, p.rel, p.dst, p.weight, _at(e), _at(e)),
+    entry = EdgeEntry(
+        seq=e.seq,
+        ord=0,
+        edge_id=f"{p.src}|{p.rel}|{p.dst}",
+        kind="asserted",
+        turn_id=p.turn_id or turn_of_trace(conn, e.trace_id),
+        persona_id=p.persona_id,
+        src=p.src,
+        rel=p.rel,
+        dst=p.dst,
+        weight=p.weight,
+        at=_at(e),
     )
+    apply_edge_entries(conn, [entry])
 
 
 def telemetry_recorded(conn: sqlite3.Connection, e: Event, p: TelemetryRecorded) -> None:
@@ -251,11 +319,19 @@ def identity_recorded(
     conn: sqlite3.Connection, e: Event, p: IdentityUpdated | OperatorOverride
 ) -> None:
     """Keep the newest control state per persona (each event carries the whole state)."""
+    state = _json(p.state.model_dump(mode="json"))
+    # Kept per entry: a branch switch picks the newest one still on an active path.
+    turn_id = p.turn_id if isinstance(p, IdentityUpdated) else None
+    conn.execute(
+        "INSERT INTO identity_log (seq, persona_id, turn_id, event_id, state, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (e.seq, p.persona_id, turn_id, e.event_id, state, _at(e)),
+    )
     conn.execute(
         "INSERT INTO identity_state (persona_id, state, event_id, updated_at)"
         " VALUES (?, ?, ?, ?) ON CONFLICT (persona_id) DO UPDATE SET state = excluded.state,"
         " event_id = excluded.event_id, updated_at = excluded.updated_at",
-        (p.persona_id, _json(p.state.model_dump(mode="json")), e.event_id, _at(e)),
+        (p.persona_id, state, e.event_id, _at(e)),
     )
 
 
@@ -282,7 +358,6 @@ def _insert_message(
     conn.execute(
         "INSERT INTO message_fts (rowid, content) VALUES (?, ?)", (cursor.lastrowid, content)
     )
-    conn.execute("UPDATE chats SET last_snippet = ? WHERE chat_id = ?", (snippet(content), chat_id))
 
 
 # The chat list shows this many characters of a chat's last message.
@@ -295,8 +370,10 @@ def snippet(text: str) -> str:
     return line if len(line) <= SNIPPET_CHARS else line[: SNIPPET_CHARS - 1].rstrip() + "…"
 
 
-# An L1 memory is indexed with the words of this many memories before it in its chat.
+# An L1 memory is indexed with the words of this many memories before it in its chat,
+# looked for at most this many turns up its path (turns that wrote none are skipped).
 CONTEXT_MEMORIES = 2
+CONTEXT_WALK = 16
 
 
 def _context(conn: sqlite3.Connection, p: MemoryWritten) -> str:
@@ -304,6 +381,22 @@ def _context(conn: sqlite3.Connection, p: MemoryWritten) -> str:
     question about a moment often shares its words with the lines around the answer."""
     if p.tier != "L1" or p.chat_id is None:
         return ""
+    if (
+        p.turn_id is not None
+        and conn.execute("SELECT 1 FROM turns WHERE turn_id = ?", (p.turn_id,)).fetchone()
+    ):
+        # Before it on its own path: the turn's earlier memories, then its ancestors'
+        # (a sibling branch's memories are not its context).
+        rows = conn.execute(
+            "WITH RECURSIVE up(turn_id, parent, n) AS ("
+            " SELECT turn_id, parent_turn_id, 0 FROM turns WHERE turn_id = ?"
+            " UNION ALL SELECT t.turn_id, t.parent_turn_id, up.n + 1 FROM turns t JOIN up"
+            " ON t.turn_id = up.parent WHERE up.n < ?)"
+            " SELECT m.content FROM up JOIN memory m ON m.turn_id = up.turn_id"
+            " WHERE m.chat_id = ? AND m.tier = 'L1' ORDER BY up.n, m.rowid DESC LIMIT ?",
+            (p.turn_id, CONTEXT_WALK, p.chat_id, CONTEXT_MEMORIES),
+        ).fetchall()
+        return "\n".join(r[0] for r in reversed(rows))
     # A chat belongs to one persona: chat and tier pick the memory_chat index.
     rows = conn.execute(
         "SELECT content FROM memory WHERE chat_id = ? AND tier = 'L1' ORDER BY rowid DESC LIMIT ?",
@@ -358,6 +451,7 @@ def _insert_memory(conn: sqlite3.Connection, p: MemoryWritten, e: Event) -> None
 
 
 def memory_accessed(conn: sqlite3.Connection, e: Event, p: MemoryAccessed) -> None:
+    record_access(conn, e.seq, p.turn_id, p.memory_ids, _at(e))
     conn.executemany(
         "UPDATE memory SET last_accessed = ?, access_count = access_count + 1"
         " WHERE memory_id = ? AND persona_id = ?",
@@ -415,10 +509,13 @@ def memory_deleted(conn: sqlite3.Connection, e: Event, p: MemoryDeleted) -> None
         "SELECT turn_id, kind FROM memory WHERE memory_id = ? AND persona_id = ?",
         (p.memory_id, p.persona_id),
     ).fetchone()
+    if row is None:
+        return
     gone = [p.memory_id]
-    if row is not None and row[1] == "exchange" and row[0] is not None:
+    if row[1] == "exchange" and row[0] is not None:
         facts = conn.execute(
-            "SELECT memory_id FROM memory WHERE turn_id = ? AND kind = 'fact' AND persona_id = ?",
+            "SELECT memory_id FROM memory WHERE turn_id = ? AND kind = 'fact' AND persona_id = ?"
+            " ORDER BY rowid",
             (row[0], p.persona_id),
         ).fetchall()
         gone += [f[0] for f in facts]
@@ -426,10 +523,22 @@ def memory_deleted(conn: sqlite3.Connection, e: Event, p: MemoryDeleted) -> None
             "UPDATE memory SET tombstone = 1, pinned = 0 WHERE memory_id = ?",
             [(f[0],) for f in facts],
         )
-    conn.executemany(
-        "UPDATE edge SET invalid_at = ?, updated_at = ? WHERE source_memory = ?"
-        " AND invalid_at IS NULL",
-        [(_at(e), _at(e), mid) for mid in gone],
+    # The retirements belong to the memory's turn: they follow its branch.
+    apply_edge_entries(
+        conn,
+        [
+            EdgeEntry(
+                seq=e.seq,
+                ord=i,
+                edge_id=edge_id,
+                kind="retired",
+                turn_id=row[0],
+                persona_id=p.persona_id,
+                memory_id=mid,
+                at=_at(e),
+            )
+            for i, (edge_id, mid) in enumerate(retired_edges(conn, gone))
+        ],
     )
 
 
@@ -455,21 +564,30 @@ def memory_consolidated(conn: sqlite3.Connection, e: Event, p: MemoryConsolidate
 
 
 def fact_recorded(conn: sqlite3.Connection, e: Event, p: FactRecorded) -> None:
-    conn.executemany(
-        "UPDATE edge SET invalid_at = ?, updated_at = ? WHERE edge_id = ? AND invalid_at IS NULL",
-        [(_at(e), _at(e), edge_id) for edge_id in p.supersedes],
+    # The contradicted edges retire first; then the fact, said again (or true again after
+    # it was retired), is current again (persona.projector.branches.fold_edge).
+    turn_id = p.turn_id or turn_of_trace(conn, e.trace_id)
+    at = _at(e)
+    entries = [
+        EdgeEntry(e.seq, i, edge_id, "superseded", turn_id, p.persona_id, at=at)
+        for i, edge_id in enumerate(p.supersedes)
+    ]
+    entries.append(
+        EdgeEntry(
+            seq=e.seq,
+            ord=len(entries),
+            edge_id=p.edge_id,
+            kind="fact",
+            turn_id=turn_id,
+            persona_id=p.persona_id,
+            src=p.src,
+            rel=p.rel,
+            dst=p.dst,
+            memory_id=p.memory_id,
+            at=at,
+        )
     )
-    # A fact said again (or true again after it was retired) is current again.
-    conn.execute(
-        "INSERT INTO edge (edge_id, persona_id, src, rel, dst, weight, evidence, valid_from,"
-        " updated_at, invalid_at, source_memory) VALUES (?, ?, ?, ?, ?, 1.0, 1, ?, ?, NULL, ?)"
-        " ON CONFLICT (edge_id) DO UPDATE SET evidence = edge.evidence + 1,"
-        " updated_at = excluded.updated_at, invalid_at = NULL,"
-        " source_memory = excluded.source_memory,"
-        " valid_from = CASE WHEN edge.invalid_at IS NULL THEN edge.valid_from"
-        " ELSE excluded.valid_from END",
-        (p.edge_id, p.persona_id, p.src, p.rel, p.dst, _at(e), _at(e), p.memory_id),
-    )
+    apply_edge_entries(conn, entries)
 
 
 def memory_embedded(conn: sqlite3.Connection, e: Event, p: MemoryEmbedded) -> None:
@@ -527,5 +645,12 @@ HANDLERS: Mapping[type[EventPayload], Handler] = MappingProxyType(
         ChatRenamed: _handler(ChatRenamed, chat_renamed),
         ChatArchived: _handler(ChatArchived, chat_archived),
         ChatRestored: _handler(ChatRestored, chat_restored),
+        ChatClockSet: _handler(ChatClockSet, chat_clock_set),
+        TurnRegenerated: _handler(TurnRegenerated, turn_regenerated),
+        TurnEdited: _handler(TurnEdited, turn_edited),
+        TurnStopped: _handler(TurnStopped, turn_stopped),
+        ChatRewound: _handler(ChatRewound, chat_rewound),
+        RewindUndone: _handler(RewindUndone, chat_rewound),
+        BranchSelected: _handler(BranchSelected, branch_selected),
     }
 )

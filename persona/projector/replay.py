@@ -94,3 +94,44 @@ def verify(
     finally:
         live.close()
     return live_digests, replayed
+
+
+# What each projection holds of the active paths: its rows that belong to no turn or to a
+# turn on an active path. A fresh database that replayed only the events of those turns
+# holds exactly these rows (persona.projector.branches; tests/test_branches.py).
+_ON_PATH = "(SELECT turn_id FROM turns WHERE active = 1)"
+ACTIVE_VIEWS: dict[str, str] = {
+    "persona": "SELECT * FROM persona",
+    "chats": "SELECT * FROM chats",
+    "turns": "SELECT * FROM turns WHERE active = 1",
+    "messages": f"SELECT * FROM messages WHERE turn_id IN {_ON_PATH}",
+    "memory": f"SELECT * FROM memory WHERE turn_id IS NULL OR turn_id IN {_ON_PATH}",
+    "memory_witness": "SELECT w.* FROM memory_witness w JOIN memory m USING (memory_id)"
+    f" WHERE m.turn_id IS NULL OR m.turn_id IN {_ON_PATH}",
+    "memory_vector": "SELECT v.* FROM memory_vector v JOIN memory m USING (memory_id)"
+    f" WHERE m.turn_id IS NULL OR m.turn_id IN {_ON_PATH}",
+    "memory_access": f"SELECT * FROM memory_access WHERE turn_id IN {_ON_PATH}",
+    "edge": "SELECT * FROM edge",
+    "edge_log": f"SELECT * FROM edge_log WHERE turn_id IS NULL OR turn_id IN {_ON_PATH}",
+    "telemetry": f"SELECT * FROM telemetry WHERE turn_id IS NULL OR turn_id IN {_ON_PATH}",
+    "chat_state": f"SELECT * FROM chat_state WHERE turn_id IN {_ON_PATH}",
+    "identity_state": "SELECT * FROM identity_state",
+    "identity_log": f"SELECT * FROM identity_log WHERE turn_id IS NULL OR turn_id IN {_ON_PATH}",
+    "classifier_failures": "SELECT * FROM classifier_failures WHERE trace_id IS NULL"
+    " OR trace_id NOT IN (SELECT trace_id FROM turns)"
+    " OR trace_id IN (SELECT trace_id FROM turns WHERE active = 1)",
+}
+
+
+def active_digests(conn: sqlite3.Connection) -> dict[str, str]:
+    """Digest of what every projection holds of the active paths (rows in canonical order)."""
+    out = {}
+    for table in PROJECTION_TABLES:
+        cursor = conn.execute(ACTIVE_VIEWS[table])
+        names = [d[0] for d in cursor.description]
+        rows = sorted(
+            json.dumps(dict(zip(names, row, strict=True)), sort_keys=True, default=bytes.hex)
+            for row in cursor
+        )
+        out[table] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    return out

@@ -71,3 +71,11 @@ def list_chats(
         [*args, limit, offset],
     ).fetchall()
     return total, [_row(r) for r in rows]
+
+
+def chat_clock(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any] | None:
+    """A chat's owner and clock offset (chat time = wall time + offset), None if unknown."""
+    row = conn.execute(
+        "SELECT chat_id, user_id, clock_offset_s FROM chats WHERE chat_id = ?", (chat_id,)
+    ).fetchone()
+    return dict(row) if row else None

@@ -9,7 +9,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from persona.chat_clock import shifted
 from persona.events import CATALOG, Catalog, EventPayload
+from persona.events.clock import ChatClockSet
+
+# A chat's events go on the stream `chat:<id>`.
+CHAT_STREAM = "chat:"
 
 
 class ConcurrencyError(RuntimeError):
@@ -95,15 +100,64 @@ def stream_version(conn: sqlite3.Connection, stream_id: str) -> int:
     return int(row[0])
 
 
+class _ChatClocks:
+    """The clock offset of each chat a batch writes for (one indexed read per chat).
+
+    An event is a chat's when it is on the chat's stream, names the chat in its payload,
+    or shares its trace with such an event (a turn's persona-scoped writes). A clock move
+    in the batch applies to the events after it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, batch: list[NewEvent]):
+        self._conn = conn
+        self._offsets: dict[str, float] = {}
+        self._traces: dict[str, str] = {}
+        for new in batch:
+            chat = _named_chat(new)
+            if chat is not None and new.trace_id is not None:
+                self._traces.setdefault(new.trace_id, chat)
+
+    def chat_time(self, new: NewEvent, wall_time: str) -> str:
+        """The event's own chat_time if it has one, else its chat's time (or wall time)."""
+        chat = _named_chat(new)
+        if chat is None and new.trace_id is not None:
+            chat = self._traces.get(new.trace_id)
+        if chat is not None and isinstance(new.payload, ChatClockSet):
+            self._offsets[chat] = new.payload.offset_s
+        if new.chat_time is not None:
+            return new.chat_time
+        if chat is None:
+            return wall_time
+        offset = self._offsets.get(chat)
+        if offset is None:
+            row = self._conn.execute(
+                "SELECT clock_offset_s FROM chats WHERE chat_id = ?", (chat,)
+            ).fetchone()
+            offset = self._offsets[chat] = float(row[0]) if row else 0.0
+        return shifted(wall_time, offset)
+
+
+def _named_chat(new: NewEvent) -> str | None:
+    if new.stream_id.startswith(CHAT_STREAM):
+        return new.stream_id[len(CHAT_STREAM) :]
+    chat = getattr(new.payload, "chat_id", None)
+    return chat if isinstance(chat, str) else None
+
+
 def insert_events(
     conn: sqlite3.Connection,
     new_events: list[NewEvent],
     wall_time: str,
     expected_versions: Mapping[str, int] | None = None,
 ) -> list[Event]:
-    """Insert events (caller holds the transaction); check expected stream versions."""
+    """Insert events (caller holds the transaction); check expected stream versions.
+
+    An event without a chat_time gets its chat's: the wall time plus the chat's clock
+    offset (persona.chat_clock), read once per chat in the batch, in this transaction.
+    """
     versions: dict[str, int] = {}
     stored = []
+    clocks = _ChatClocks(conn, new_events)
     for new in new_events:
         if new.stream_id not in versions:
             current = stream_version(conn, new.stream_id)
@@ -114,6 +168,7 @@ def insert_events(
                 )
             versions[new.stream_id] = current
         versions[new.stream_id] += 1
+        chat_time = clocks.chat_time(new, wall_time)
         payload_json = json.dumps(new.payload.to_json(), sort_keys=True, ensure_ascii=False)
         cursor = conn.execute(
             "INSERT INTO events (event_id, stream_id, stream_version, trace_id,"
@@ -127,7 +182,7 @@ def insert_events(
                 new.trace_id,
                 new.parent_event_id,
                 wall_time,
-                new.chat_time or wall_time,
+                chat_time,
                 new.actor,
                 new.type,
                 new.payload.version,
@@ -147,7 +202,7 @@ def insert_events(
                 trace_id=new.trace_id,
                 parent_event_id=new.parent_event_id,
                 wall_time=wall_time,
-                chat_time=new.chat_time or wall_time,
+                chat_time=chat_time,
                 actor=new.actor,
                 type=new.type,
                 schema_version=new.payload.version,

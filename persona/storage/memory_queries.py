@@ -19,7 +19,7 @@ _COLUMNS = (
     "m.memory_id, m.persona_id, m.tier AS base_tier, m.kind, m.content, m.said, m.importance,"
     " m.importance_score, m.chat_id, m.turn_id, m.trace_id, m.created_at, m.entities,"
     " m.pinned, m.tombstone, m.version, m.consolidated_into, m.access_count,"
-    f" m.last_accessed, m.invalid_at, {EFFECTIVE_TIER} AS tier"
+    f" m.last_accessed, m.invalid_at, m.active, {EFFECTIVE_TIER} AS tier"
 )
 # A search box takes words; more than this many are ignored (each is one FTS5 phrase).
 MAX_SEARCH_TERMS = 16
@@ -47,6 +47,7 @@ def _row(r: sqlite3.Row) -> dict[str, Any]:
     data["entities"] = json.loads(data["entities"])
     data["pinned"] = bool(data["pinned"])
     data["tombstone"] = bool(data["tombstone"])
+    data["active"] = bool(data["active"])
     return data
 
 
@@ -72,7 +73,8 @@ def list_memories(
     `q` matches memories holding every word (as a word prefix); a `q` with no word in it
     matches nothing.
     """
-    where = ["m.persona_id = ?"]
+    # What an abandoned branch wrote is not shown (it comes back with its branch).
+    where = ["m.persona_id = ?", "m.active = 1"]
     args: list[Any] = [persona_id]
     if tier is not None:
         where.append(f"{EFFECTIVE_TIER} = ?")

@@ -71,6 +71,9 @@ def get_persona(conn: sqlite3.Connection, persona_id: str) -> PersonaRow | None:
         return None
     data = dict(row)
     data["traits"] = json.loads(data["traits"])
+    # Bookkeeping for branch switches (persona.projector.branches), not the persona.
+    data.pop("revised_seq", None)
+    data.pop("revised_at", None)
     return PersonaRow(**data)
 
 
@@ -112,7 +115,7 @@ def active_path(conn: sqlite3.Connection, from_turn_id: str | None, limit: int) 
         return []
     rows = conn.execute(
         f"{_PATH} SELECT t.turn_id, t.user_message, t.reply, t.depth FROM turns t"
-        " JOIN path USING (turn_id) WHERE t.status = 'completed'"
+        " JOIN path USING (turn_id) WHERE t.status IN ('completed', 'stopped')"
         " ORDER BY t.depth DESC LIMIT ?",
         (from_turn_id, limit),
     ).fetchall()
@@ -134,21 +137,105 @@ def conversation(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]
     the turns still queued (no parent yet).
 
     Ordered by depth, then by when each turn started; queued turns last, in queue order.
+    Each turn says where it stands among its siblings (`sibling_index` from 1 of
+    `siblings`, the turns with its parent that ended with a reply; 0 of them for a turn
+    that did not).
     """
-    head = conn.execute("SELECT head_turn_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
-    head_id = head[0] if head else None
+    turns = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT t.turn_id, t.trace_id, t.parent_turn_id, t.depth, t.status,"
+            " t.user_message, t.reply, t.error, t.truncated, t.origin, t.variant_of, t.active"
+            " FROM turns t WHERE t.chat_id = ? AND (t.active = 1"
+            "  OR (t.status NOT IN ('completed', 'stopped') AND (t.parent_turn_id IS NULL"
+            "      OR t.parent_turn_id IN (SELECT turn_id FROM turns WHERE chat_id = ?"
+            "        AND active = 1))))"
+            " ORDER BY t.depth IS NULL, t.depth, t.started_seq, t.queued_seq",
+            (chat_id, chat_id),
+        )
+    ]
+    groups = sibling_groups(conn, chat_id, {t["parent_turn_id"] for t in turns})
+    for t in turns:
+        group = groups.get(t["parent_turn_id"], [])
+        t["siblings"] = list(group)
+        t["sibling_index"] = group.index(t["turn_id"]) + 1 if t["turn_id"] in group else 0
+    return turns
+
+
+def sibling_groups(
+    conn: sqlite3.Connection, chat_id: str, parents: set[str | None]
+) -> dict[str | None, list[str]]:
+    """For each parent (None: the chat's root), its children that ended with a reply
+    (completed or stopped), in the order they started."""
+    groups: dict[str | None, list[str]] = {}
+    if not parents:
+        return groups
+    named = sorted(p for p in parents if p is not None)
+    clauses, args = [], [chat_id]
+    if None in parents:
+        clauses.append("parent_turn_id IS NULL")
+    for i in range(0, len(named), 500):
+        chunk = named[i : i + 500]
+        clauses.append(f"parent_turn_id IN ({','.join('?' * len(chunk))})")
+        args += chunk
+    for turn_id, parent in conn.execute(
+        "SELECT turn_id, parent_turn_id FROM turns WHERE chat_id = ?"
+        f" AND status IN ('completed', 'stopped') AND ({' OR '.join(clauses)})"
+        " ORDER BY started_seq",
+        args,
+    ):
+        groups.setdefault(parent, []).append(turn_id)
+    return groups
+
+
+def chat_tree(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]:
+    """Every turn of a chat with its parent and place in the tree, in the order they
+    started (queued turns last)."""
     return [
         dict(r)
         for r in conn.execute(
-            f"{_PATH} SELECT t.turn_id, t.trace_id, t.parent_turn_id, t.depth, t.status,"
-            " t.user_message, t.reply, t.error FROM turns t"
-            " WHERE t.chat_id = ? AND (t.turn_id IN (SELECT turn_id FROM path)"
-            "  OR (t.status != 'completed' AND (t.parent_turn_id IS NULL"
-            "      OR t.parent_turn_id IN (SELECT turn_id FROM path))))"
-            " ORDER BY t.depth IS NULL, t.depth, t.started_seq, t.queued_seq",
-            (head_id, chat_id),
+            "SELECT turn_id, parent_turn_id, depth, status, active, origin, variant_of,"
+            " truncated, user_message, reply, error FROM turns WHERE chat_id = ?"
+            " ORDER BY started_seq IS NULL, started_seq, queued_seq",
+            (chat_id,),
         )
     ]
+
+
+# The events that move a chat's leaf, newest last in its stream.
+LEAF_MOVES = (
+    "chat.rewound",
+    "rewind.undone",
+    "branch.selected",
+    "turn.regenerated",
+    "turn.edited",
+    "turn.completed",
+    "turn.stopped",
+)
+
+
+def last_move(conn: sqlite3.Connection, chat_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The newest event that moved the chat's leaf: its type and payload (None: none)."""
+    row = conn.execute(
+        f"SELECT type, payload FROM events WHERE stream_id = ? AND type IN"
+        f" ({', '.join('?' * len(LEAF_MOVES))}) ORDER BY stream_version DESC LIMIT 1",
+        (f"chat:{chat_id}", *LEAF_MOVES),
+    ).fetchone()
+    return (str(row[0]), json.loads(row[1])) if row else None
+
+
+def newest_leaf(conn: sqlite3.Connection, turn_id: str) -> str:
+    """The newest turn that ended with a reply in the subtree of `turn_id` (itself if none
+    below it did): where choosing that branch leads."""
+    row = conn.execute(
+        "WITH RECURSIVE down(turn_id) AS (SELECT ? UNION ALL"
+        " SELECT t.turn_id FROM turns t JOIN down d ON t.parent_turn_id = d.turn_id)"
+        " SELECT t.turn_id FROM turns t JOIN down USING (turn_id)"
+        " WHERE t.status IN ('completed', 'stopped')"
+        " ORDER BY t.started_seq DESC LIMIT 1",
+        (turn_id,),
+    ).fetchone()
+    return row[0] if row else turn_id
 
 
 def get_turn(conn: sqlite3.Connection, turn_id: str) -> dict[str, Any] | None:
@@ -179,6 +266,21 @@ def chat_state(conn: sqlite3.Connection, turn_id: str | None) -> ChatState | Non
     return ChatState.model_validate_json(row[0]) if row else None
 
 
+def path_state(conn: sqlite3.Connection, turn_id: str | None) -> ChatState | None:
+    """The newest state snapshot on the path ending at `turn_id` (a stopped turn leaves
+    none: the state is its parent's)."""
+    own = chat_state(conn, turn_id)
+    if own is not None or turn_id is None:
+        return own
+    row = conn.execute(
+        f"{_PATH}, ranked AS (SELECT p.turn_id, t.depth FROM path p JOIN turns t USING (turn_id))"
+        " SELECT s.state FROM ranked r JOIN chat_state s USING (turn_id)"
+        " ORDER BY r.depth DESC LIMIT 1",
+        (turn_id,),
+    ).fetchone()
+    return ChatState.model_validate_json(row[0]) if row else None
+
+
 def identity_state(conn: sqlite3.Connection, persona_id: str) -> IdentityState:
     """A persona's control state (traits, values, operator overrides); neutral when none."""
     row = conn.execute(
@@ -200,9 +302,10 @@ _HIT_COLUMNS = (
     " m.entities, m.source_ref"
 )
 # Who may recall an L1/L2 memory: a witness, or anyone when it is shared. Tombstoned,
-# invalidated and pinned (L3, always in context anyway) memories are never candidates.
+# invalidated and pinned (L3, always in context anyway) memories are never candidates, nor
+# those written by a turn that is not on an active path (an abandoned branch).
 _RECALLABLE = (
-    "m.persona_id = ? AND m.tier != 'L3' AND m.pinned = 0 AND m.tombstone = 0"
+    "m.persona_id = ? AND m.tier != 'L3' AND m.pinned = 0 AND m.tombstone = 0 AND m.active = 1"
     " AND m.invalid_at IS NULL AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
     " WHERE w.user_id = ? AND w.memory_id = m.memory_id))"
 )
@@ -228,7 +331,8 @@ def pinned_memories(
     rows = conn.execute(
         f"SELECT {_HIT_COLUMNS} FROM memory m WHERE m.persona_id = ?"
         " AND (m.pinned = 1 OR (m.tier = 'L3' AND m.kind = 'belief')) AND m.invalid_at IS NULL"
-        " AND m.tombstone = 0 AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
+        " AND m.tombstone = 0 AND m.active = 1"
+        " AND (m.shared = 1 OR EXISTS (SELECT 1 FROM memory_witness w"
         " WHERE w.user_id = ? AND w.memory_id = m.memory_id))"
         " ORDER BY m.pinned DESC, m.created_at, m.memory_id LIMIT ?",
         (persona_id, user_id, limit),
@@ -311,7 +415,7 @@ def unembedded(
     """(memory_id, content) of live L1/L2 memories with no `model` vector yet, oldest first."""
     rows = conn.execute(
         "SELECT m.memory_id, m.content FROM memory m WHERE m.persona_id = ? AND m.tier != 'L3'"
-        " AND m.tombstone = 0 AND NOT EXISTS (SELECT 1 FROM memory_vector v"
+        " AND m.tombstone = 0 AND m.active = 1 AND NOT EXISTS (SELECT 1 FROM memory_vector v"
         " WHERE v.memory_id = m.memory_id AND v.model = ?) ORDER BY m.rowid LIMIT ?",
         (persona_id, model, limit),
     ).fetchall()

@@ -29,7 +29,8 @@ class SleepRow:
 # Tombstoned and invalidated memories are gone for good; a pinned one is L3 (always in
 # context) and would only repeat itself in a digest.
 _LIVE_L1 = (
-    "m.persona_id = ? AND m.tier = 'L1' AND m.tombstone = 0 AND m.invalid_at IS NULL"
+    "m.persona_id = ? AND m.tier = 'L1' AND m.tombstone = 0 AND m.active = 1"
+    " AND m.invalid_at IS NULL"
     " AND m.pinned = 0"
 )
 
@@ -94,7 +95,8 @@ def live_beliefs(conn: sqlite3.Connection, persona_id: str) -> list[BeliefRow]:
         " (SELECT json_group_array(w.user_id) FROM (SELECT user_id FROM memory_witness"
         "  WHERE memory_id = m.memory_id ORDER BY user_id) w)"
         " FROM memory m WHERE m.persona_id = ? AND m.tier = 'L3' AND m.kind = 'belief'"
-        " AND m.tombstone = 0 AND m.invalid_at IS NULL ORDER BY m.created_at, m.memory_id",
+        " AND m.tombstone = 0 AND m.active = 1 AND m.invalid_at IS NULL"
+        " ORDER BY m.created_at, m.memory_id",
         (persona_id,),
     ).fetchall()
     return [BeliefRow(r[0], r[1], tuple(json.loads(r[2]))) for r in rows]

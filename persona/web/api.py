@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from persona.errors import TurnFailed
 from persona.pipeline.meta import IncompleteTurn, Meta, build_meta
 from persona.storage import queries
 from persona.web.deps import EngineDep
@@ -21,7 +19,7 @@ from persona.web.schemas import (
     ChatResponse,
     ErrorBody,
 )
-from persona.web.turns import build_request, chat_events, turn_stream
+from persona.web.turns import build_request, chat_events, turn_stream, whole_result
 
 router = APIRouter()
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
@@ -82,14 +80,7 @@ async def chat(body: ChatRequest, engine: EngineDep) -> Any:
     """Run one turn and return the whole reply with its meta."""
     request = await build_request(engine, body)
     handle = await engine.runner.submit(request)  # QueueFull: 429 before anything is written
-    try:
-        # shield: a client that goes away must not cancel the turn itself.
-        result = await asyncio.shield(handle.result)
-    except TurnFailed as exc:
-        return JSONResponse(status_code=502, content={"error": str(exc), "trace_id": exc.trace_id})
-    return ChatResponse(
-        reply=result.reply, meta=result.meta, session_id=result.session_id, turn_id=result.turn_id
-    )
+    return await whole_result(handle)
 
 
 @router.post(

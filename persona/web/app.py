@@ -23,7 +23,19 @@ from persona.errors import (
 )
 from persona.resources import static_dir
 from persona.version import ENGINE_VERSION
-from persona.web import api, chats, docs, login, memory, operator, pages, security, sleep
+from persona.web import (
+    api,
+    chat_io,
+    chats,
+    docs,
+    login,
+    memory,
+    operator,
+    pages,
+    security,
+    sleep,
+    tree,
+)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -159,6 +171,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(memory.router)
     app.include_router(sleep.router)
     app.include_router(chats.router)
+    app.include_router(tree.router)
+    app.include_router(chat_io.router)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     security.install(app, engine.settings)
     return app

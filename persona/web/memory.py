@@ -201,6 +201,12 @@ def _apply(tx: WriteTx, change: Change) -> tuple[dict[str, Any], str | None]:
     memory = tx.read(memory_queries.get_memory, change.memory_id)
     if memory is None:
         raise Refused(404, f"unknown memory {change.memory_id!r}")
+    if not memory["active"]:
+        raise Refused(
+            409,
+            f"memory {change.memory_id!r} was written on a branch that is not active:"
+            " select that branch of its chat first",
+        )
     payload = _decide(memory, change)
     if payload is None:
         return memory, None

@@ -40,11 +40,12 @@ PAGE_EVENTS = {
     "delta": "turn-delta",
     "done": "turn-done",
     "error": "turn-failed",
+    "tree": "turn-tree",  # the tree moved (regenerate, edit, rewind, branch, stop): re-render
     RESYNC: RESYNC,  # last, when the tab fell too far behind: it reconnects and syncs
 }
 # How soon (ms) a dropped tab's EventSource reconnects after its `resync` event.
 RESYNC_RETRY_MS = 250
-SETTLED = ("completed", "failed")
+SETTLED = ("completed", "failed", "stopped")
 
 
 def valid_id(value: str) -> bool:
@@ -55,28 +56,66 @@ def valid_id(value: str) -> bool:
 # ---- read side: the data a page or fragment shows -------------------------------------------
 
 
+def view_turn(row: dict[str, Any]) -> dict[str, Any]:
+    """One turn as the template shows it, with its place among its siblings."""
+    siblings = row.get("siblings") or []
+    index = row.get("sibling_index") or 0
+    return {
+        "trace_id": row["trace_id"],
+        "turn_id": row["turn_id"],
+        "user": row["user_message"],
+        "reply": row["reply"],
+        "status": row["status"],
+        "error": row["error"],
+        "truncated": bool(row.get("truncated")),
+        "siblings": siblings,
+        "sibling_index": index,
+        # The neighbours the ‹ and › controls choose (None at either end).
+        "prev": siblings[index - 2] if index > 1 else None,
+        "next": siblings[index] if 0 < index < len(siblings) else None,
+    }
+
+
 def view_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The conversation's turns as the template shows them."""
-    return [
-        {
-            "trace_id": r["trace_id"],
-            "user": r["user_message"],
-            "reply": r["reply"],
-            "status": r["status"],
-            "error": r["error"],
-        }
-        for r in rows
-    ]
+    return [view_turn(r) for r in rows]
+
+
+def undo_offered(conn: sqlite3.Connection, chat_id: str) -> bool:
+    """Whether the chat's last move was a rewind, which the page then offers to undo."""
+    last = queries.last_move(conn, chat_id)
+    return last is not None and last[0] == "chat.rewound"
+
+
+def conversation_view(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
+    """The conversation block's data: its turns and whether an undo of a rewind is offered."""
+    return {
+        "turns": view_turns(queries.conversation(conn, chat_id)),
+        "undo_rewind": undo_offered(conn, chat_id),
+    }
+
+
+def turn_view(conn: sqlite3.Connection, chat_id: str, trace_id: str) -> dict[str, Any] | None:
+    """One turn of the conversation by its trace, as the template shows it (None: not there)."""
+    for row in queries.conversation(conn, chat_id):
+        if row["trace_id"] == trace_id:
+            return view_turn(row)
+    return None
 
 
 def head_meta(conn: sqlite3.Connection, chat: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The meta of the chat's head turn (the drawer), built from its events."""
-    if chat is None or chat["head_turn_id"] is None:
-        return None
-    turn = queries.get_turn(conn, chat["head_turn_id"])
-    if turn is None:
-        return None
-    return build_meta(queries.trace_events(conn, turn["trace_id"])).model_dump(mode="json")
+    """The meta of the newest completed turn on the chat's active path (the drawer), built
+    from its events. A stopped leaf has no meta of its own (its state is its parent's)."""
+    turn_id = chat["head_turn_id"] if chat else None
+    while turn_id is not None:
+        turn = queries.get_turn(conn, turn_id)
+        if turn is None:
+            return None
+        if turn["status"] == "completed":
+            events = queries.trace_events(conn, turn["trace_id"])
+            return build_meta(events).model_dump(mode="json")
+        turn_id = turn["parent_turn_id"]
+    return None
 
 
 def rail(
@@ -115,7 +154,7 @@ def chat_view(
         # A new chat remembers a chosen persona until its first turn creates it.
         "persona_id_field": persona_id if chat is None else None,
         **rail(conn, chosen, q, archived),
-        "turns": view_turns(queries.conversation(conn, chat_id)),
+        **conversation_view(conn, chat_id),
         "meta": head_meta(conn, chat),
         "max_chars": MAX_MESSAGE_CHARS,
     }
@@ -127,15 +166,22 @@ def warming(engine: Engine) -> bool:
     return ready is not None and not ready.is_set()
 
 
-def stream_view(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
-    """What the stream's fragments need besides the event: the persona and the chat list."""
+def stream_view(conn: sqlite3.Connection, chat_id: str, trace_id: str = "") -> dict[str, Any]:
+    """What the stream's fragments need besides the event: the persona, the chat list and
+    the turn of `trace_id` as stored (its siblings and actions; None before it is)."""
     chat = queries.get_chat(conn, chat_id)
     persona = queries.get_persona(conn, chat["persona_id"]) if chat else None
     return {
         "session_id": chat_id,
         "persona": persona or {"name": "Persona"},
         "chats": rail(conn, chat["persona_id"])["chats"] if chat else [],
+        "stored": turn_view(conn, chat_id, trace_id) if chat and trace_id else None,
     }
+
+
+def user_actions(turn: dict[str, Any], view: dict[str, Any]) -> str:
+    """The actions of an ended turn's message (Edit), swapped in beside it."""
+    return fragment(CHAT, "user_actions", turn=turn, oob=True, max_chars=MAX_MESSAGE_CHARS, **view)
 
 
 async def render_event(engine: Engine, event: TurnEvent, shown: bool = False) -> str:
@@ -147,11 +193,15 @@ async def render_event(engine: Engine, event: TurnEvent, shown: bool = False) ->
     data = event.data
     if event.kind == "delta":
         return fragment("stream.html", "delta", trace_id=event.trace_id, text=data["text"])
-    view = await engine.store.read(stream_view, event.chat_id)
-    turn: dict[str, Any] = {"trace_id": event.trace_id}
+    ended = event.kind in ("done", "error")
+    view = await engine.store.read(stream_view, event.chat_id, event.trace_id if ended else "")
+    # An ended turn as stored: its siblings, its actions, a stop's truncated reply.
+    stored = view.pop("stored")
+    turn: dict[str, Any] = {"trace_id": event.trace_id, "turn_id": data.get("turn_id")}
     if event.kind == "error":
         turn.update(status="failed", error=data.get("error", "unknown error"))
-        return fragment(CHAT, "assistant", turn=turn, oob=True, **view)
+        turn = stored or turn
+        return fragment(CHAT, "assistant", turn=turn, oob=True, **view) + user_actions(turn, view)
     # The sidebar follows too: a chat appears on its first turn, counts change on each.
     chat_list = fragment(CHAT, "chat_list", oob=True, **view)
     if event.kind in ("queued", "start"):
@@ -160,8 +210,11 @@ async def render_event(engine: Engine, event: TurnEvent, shown: bool = False) ->
         place = {"replace": True} if shown else {"append": True}
         return fragment(CHAT, "turn", turn=turn, **place, **view) + chat_list
     turn.update(reply=data["reply"], status="completed")
+    if stored is not None:
+        turn = {**stored, **turn, "turn_id": stored["turn_id"]}
     drawer = fragment(CHAT, "drawer", meta=data["meta"], oob=True, **view)
-    return fragment(CHAT, "assistant", turn=turn, oob=True, **view) + drawer + chat_list
+    assistant = fragment(CHAT, "assistant", turn=turn, oob=True, **view)
+    return assistant + user_actions(turn, view) + drawer + chat_list
 
 
 def sync_view(
@@ -186,25 +239,36 @@ async def live_fragments(engine: Engine, chat_id: str) -> AsyncIterator[dict[str
     """Every turn of a chat, from any tab or client, as SSE events of HTML fragments.
 
     First the conversation as the log has it (a reconnecting tab catches up), then each
-    event. Subscribing comes before that read, so a turn is in the sync, in the events
-    after it, or in both; `shown` and `settled` keep both from adding it twice.
+    event; a move of the tree sends the whole conversation again, as it stands then.
+    Subscribing comes before that read, so a turn is in the sync, in the events after it,
+    or in both; `shown` and `settled` keep both from adding it twice.
     """
     with engine.broadcaster.subscribe(chat_id) as sub:
         view = await engine.store.read(sync_view, chat_id, engine.default_persona_id)
         shown: set[str] = set()
         settled: set[str] = set()
-        if view is not None:
+
+        def swapped_in(view: dict[str, Any]) -> str:
+            # The page will hold every turn of the view, and how those that ended ended.
             for turn in view["turns"]:
                 shown.add(turn["trace_id"])
                 if turn["status"] in SETTLED:
                     settled.add(turn["trace_id"])
-            yield {"event": PAGE_EVENTS["sync"], "data": render_sync(view)}
+            return render_sync(view)
+
+        if view is not None:
+            yield {"event": PAGE_EVENTS["sync"], "data": swapped_in(view)}
         while True:
             event = await sub.get()
             if event.kind == RESYNC:
                 data = fragment("stream.html", "resync")
                 yield {"event": PAGE_EVENTS[RESYNC], "data": data, "retry": RESYNC_RETRY_MS}
                 return
+            if event.kind == "tree":  # the tree moved: the whole conversation, as it stands now
+                view = await engine.store.read(sync_view, chat_id, engine.default_persona_id)
+                if view is not None:
+                    yield {"event": PAGE_EVENTS["tree"], "data": swapped_in(view)}
+                continue
             trace = event.trace_id
             if trace in settled or (event.kind == "queued" and trace in shown):
                 continue  # the sync already shows it (or how it ended)
@@ -344,6 +408,20 @@ async def post_message(request: Request, session_id: str, engine: EngineDep) -> 
         return response
     # The sending tab shows the message as queued until the stream starts this trace.
     return Response(status_code=202, headers={TRACE_HEADER: handle.trace_id})
+
+
+@router.get("/chats/{session_id}/conversation", response_class=HTMLResponse)
+async def conversation_block(request: Request, session_id: str, engine: EngineDep) -> Response:
+    """The conversation alone (the active path, its siblings' controls and actions): the
+    HTML every move re-renders, for a client that wants it without the stream."""
+    if not valid_id(session_id):
+        return PlainTextResponse(f"invalid session id {session_id!r}", status_code=422)
+    view = await engine.store.read(
+        chat_view, session_id, None, engine.default_persona_id, "", False
+    )
+    if view is None:
+        return PlainTextResponse(f"unknown chat {session_id!r}", status_code=404)
+    return templates.TemplateResponse(request, CHAT, view, block_name="messages")
 
 
 @router.get("/chats/{session_id}/stream")

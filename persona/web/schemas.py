@@ -202,6 +202,8 @@ def sse_events(**payloads: dict[str, Any]) -> dict[str, Any]:
 
 
 _META = {"$ref": "#/components/schemas/Meta"}
+# What moved a chat's tree (the `tree` event of its stream): every open tab re-renders.
+TREE_OPS = ("regenerated", "edited", "rewound", "rewind_undone", "branch_selected", "stopped")
 _TURN = {"trace_id": _TRACE_ID, "session_id": _SESSION_ID, "turn_id": _TEXT}
 
 # POST /persona/chat/stream: the one turn it started.
@@ -219,4 +221,10 @@ CHAT_STREAM_EVENT = sse_events(
     done=_payload(reply=_TEXT, meta=_META, trace_id=_TRACE_ID),
     error=_payload(error=_TEXT, trace_id=_TRACE_ID),
     resync=_payload(session_id=_SESSION_ID, reason=_TEXT),
+    tree=_payload(
+        op={"enum": list(TREE_OPS)},
+        session_id=_SESSION_ID,
+        leaf_turn_id={"type": ["string", "null"]},
+        trace_id=_TRACE_ID,
+    ),
 )

@@ -32,6 +32,7 @@ from starlette.responses import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from persona.chat_io import MAX_IMPORT_BYTES
 from persona.config import Settings
 from persona.web.templating import templates
 
@@ -231,6 +232,10 @@ def _caused_by_cutoff(exc: BaseException) -> bool:
     return False
 
 
+# The import route's own path: its body is a whole chat's export (persona.chat_io).
+IMPORT_PATH = "/persona/chats/import"
+
+
 class BodyLimit:
     """Refuse a request body over `max_bytes` with 413, never holding more than the cap.
 
@@ -240,14 +245,16 @@ class BodyLimit:
     connection closes so the rest of the upload is never read.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        # Routes that take a bigger body (a chat's export to import), with their own cap.
+        self.larger = dict(larger or {})
 
-    def too_large(self) -> Response:
+    def too_large(self, limit: int) -> Response:
         """The 413 answer, closing the connection so the rest of the upload is never read."""
         return JSONResponse(
-            {"error": f"request body too large (at most {self.max_bytes} bytes)"},
+            {"error": f"request body too large (at most {limit} bytes)"},
             status_code=413,
             headers=CLOSE,
         )
@@ -256,9 +263,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.too_large()(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self.too_large(limit)(scope, receive, send)
             return
 
         received = 0
@@ -271,10 +279,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     cut_off = True
                     if not app_started:
-                        await self.too_large()(scope, receive, send)
+                        await self.too_large(limit)(scope, receive, send)
                     raise BodyTooLarge
             return message
 
@@ -394,6 +402,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(CrossSiteGuard)
     if app.state.access is not None:
         app.add_middleware(AccessGuard, access=app.state.access)
-    app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.server.max_body_bytes,
+        larger={IMPORT_PATH: max(MAX_IMPORT_BYTES, settings.server.max_body_bytes)},
+    )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings))
     app.add_middleware(SecurityHeaders)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from typing import Any
+
+from fastapi.responses import JSONResponse
 
 from persona.engine import Engine
 from persona.errors import TurnFailed
 from persona.pipeline.broadcast import RESYNC, Subscription
 from persona.pipeline.context import TurnRequest
 from persona.pipeline.runner import TurnHandle
-from persona.web.schemas import ChatRequest
+from persona.web.schemas import ChatRequest, ChatResponse
 
 # Why a stream ends with `resync`, for clients of the JSON event stream.
 RESYNC_REASON = "this stream fell too far behind: re-read the chat, then follow it again"
@@ -57,7 +59,11 @@ def sse(kind: str, data: dict[str, Any]) -> dict[str, str]:
     return {"event": kind, "data": json.dumps(data, ensure_ascii=False)}
 
 
-async def turn_stream(engine: Engine, request: TurnRequest) -> AsyncIterator[dict[str, str]]:
+async def turn_stream(
+    engine: Engine,
+    request: TurnRequest,
+    on_submit: Callable[[TurnHandle], None] | None = None,
+) -> AsyncIterator[dict[str, str]]:
     """Submit a turn; return its SSE frames: start, delta..., then done or error.
 
     Submitting happens here, before any response is sent, so a full queue is answered
@@ -70,6 +76,8 @@ async def turn_stream(engine: Engine, request: TurnRequest) -> AsyncIterator[dic
     except BaseException:
         stack.close()
         raise
+    if on_submit is not None:
+        on_submit(handle)
     return _turn_frames(stack, sub, handle)
 
 
@@ -87,14 +95,26 @@ async def _turn_frames(
             if event.kind == RESYNC:
                 yield await turn_end(handle)
                 return
-            if event.trace_id != handle.trace_id or event.kind == "queued":
-                continue  # another turn of the same chat, or this one's acceptance
+            if event.trace_id != handle.trace_id or event.kind in ("queued", "tree"):
+                continue  # another turn of the same chat, this one's acceptance or a move
             data = dict(event.data)
             if event.kind == "start":
                 data.pop("message", None)
             yield sse(event.kind, data)
             if event.kind in ("done", "error"):
                 return
+
+
+async def whole_result(handle: TurnHandle) -> Any:
+    """A submitted turn's JSON answer: the reply and meta, or 502 with the error."""
+    try:
+        # shield: a client that goes away must not cancel the turn itself.
+        result = await asyncio.shield(handle.result)
+    except TurnFailed as exc:
+        return JSONResponse(status_code=502, content={"error": str(exc), "trace_id": exc.trace_id})
+    return ChatResponse(
+        reply=result.reply, meta=result.meta, session_id=result.session_id, turn_id=result.turn_id
+    )
 
 
 async def turn_end(handle: TurnHandle) -> dict[str, str]:

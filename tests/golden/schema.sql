@@ -2,6 +2,12 @@
 CREATE INDEX chats_persona_recent ON chats (persona_id, archived, updated_at);
 -- index chats_recent
 CREATE INDEX chats_recent ON chats (updated_at);
+-- index edge_log_edge
+CREATE INDEX edge_log_edge ON edge_log (edge_id, seq, ord);
+-- index edge_log_memory
+CREATE INDEX edge_log_memory ON edge_log (memory_id) WHERE memory_id IS NOT NULL;
+-- index edge_log_turn
+CREATE INDEX edge_log_turn ON edge_log (turn_id);
 -- index edge_source
 CREATE INDEX edge_source ON edge (source_memory) WHERE source_memory IS NOT NULL;
 -- index edge_subject
@@ -10,6 +16,14 @@ CREATE INDEX edge_subject ON edge (persona_id, src, rel);
 CREATE INDEX events_trace ON events (trace_id);
 -- index events_type
 CREATE INDEX events_type ON events (type);
+-- index identity_log_persona
+CREATE INDEX identity_log_persona ON identity_log (persona_id, seq);
+-- index identity_log_turn
+CREATE INDEX identity_log_turn ON identity_log (turn_id) WHERE turn_id IS NOT NULL;
+-- index memory_access_memory
+CREATE INDEX memory_access_memory ON memory_access (memory_id, seq);
+-- index memory_access_turn
+CREATE INDEX memory_access_turn ON memory_access (turn_id);
 -- index memory_always
 CREATE INDEX memory_always ON memory (persona_id, created_at, memory_id)
     WHERE pinned = 1 OR (tier = 'L3' AND kind = 'belief');
@@ -29,6 +43,8 @@ CREATE INDEX memory_witness_memory ON memory_witness (memory_id, user_id);
 CREATE INDEX messages_chat ON messages (chat_id);
 -- index messages_turn
 CREATE INDEX messages_turn ON messages (turn_id);
+-- index turns_active
+CREATE INDEX turns_active ON turns (chat_id, active, depth);
 -- index turns_chat
 CREATE INDEX turns_chat ON turns (chat_id, started_seq);
 -- index turns_parent
@@ -65,7 +81,7 @@ CREATE TABLE chats (
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL,
     turn_count   INTEGER NOT NULL DEFAULT 0
-, archived INTEGER NOT NULL DEFAULT 0, last_snippet TEXT NOT NULL DEFAULT '');
+, archived INTEGER NOT NULL DEFAULT 0, last_snippet TEXT NOT NULL DEFAULT '', clock_offset_s REAL NOT NULL DEFAULT 0);
 -- table classifier_failures
 CREATE TABLE classifier_failures (
     event_id    TEXT PRIMARY KEY,
@@ -91,6 +107,22 @@ CREATE TABLE edge (
     invalid_at  TEXT,               -- set when a contradicting fact retired it
     source_memory TEXT              -- the fact memory that stated it (NULL: not a fact)
 );
+-- table edge_log
+CREATE TABLE edge_log (
+    seq        INTEGER NOT NULL,
+    ord        INTEGER NOT NULL,  -- its place among the entries of one event
+    edge_id    TEXT NOT NULL,
+    kind       TEXT NOT NULL,     -- asserted | fact | superseded | retired
+    turn_id    TEXT,              -- the turn whose event it is (NULL: not a turn's)
+    persona_id TEXT NOT NULL,
+    src        TEXT,
+    rel        TEXT,
+    dst        TEXT,
+    weight     REAL,
+    memory_id  TEXT,              -- fact: its memory; retired: the deleted memory
+    at         TEXT NOT NULL,
+    PRIMARY KEY (seq, ord)
+) WITHOUT ROWID;
 -- table events
 CREATE TABLE events (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,  -- global order
@@ -110,6 +142,15 @@ CREATE TABLE events (
     tokens_out      INTEGER,
     latency_ms      REAL,
     UNIQUE (stream_id, stream_version)
+);
+-- table identity_log
+CREATE TABLE identity_log (
+    seq        INTEGER PRIMARY KEY,
+    persona_id TEXT NOT NULL,
+    turn_id    TEXT,              -- NULL: an operator's override
+    event_id   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    at         TEXT NOT NULL
 );
 -- table identity_state
 CREATE TABLE identity_state (
@@ -146,7 +187,15 @@ CREATE TABLE memory (
     consolidated_into TEXT,
     last_accessed     TEXT,
     access_count      INTEGER NOT NULL DEFAULT 0
-);
+, active INTEGER NOT NULL DEFAULT 1);
+-- table memory_access
+CREATE TABLE memory_access (
+    seq       INTEGER NOT NULL,   -- the memory.accessed event
+    memory_id TEXT NOT NULL,
+    turn_id   TEXT NOT NULL,
+    at        TEXT NOT NULL,
+    PRIMARY KEY (seq, memory_id)
+) WITHOUT ROWID;
 -- table memory_fts
 CREATE VIRTUAL TABLE memory_fts USING fts5 (
     content,
@@ -212,7 +261,7 @@ CREATE TABLE persona (
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
     turn_count  INTEGER NOT NULL DEFAULT 0
-);
+, revised_seq INTEGER, revised_at TEXT);
 -- table schema_migrations
 CREATE TABLE schema_migrations ( version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);
 -- table telemetry
@@ -245,7 +294,7 @@ CREATE TABLE turns (
     error          TEXT,
     started_at     TEXT,             -- NULL until it starts (never, if it failed queued)
     ended_at       TEXT
-);
+, active INTEGER NOT NULL DEFAULT 0, completed_seq INTEGER, origin TEXT NOT NULL DEFAULT 'message', variant_of TEXT, truncated INTEGER NOT NULL DEFAULT 0);
 -- trigger events_no_delete
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 BEGIN
