@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from sse_starlette import EventSourceResponse
 
 from persona.engine import Engine
@@ -35,6 +35,8 @@ from persona.web.deps import EngineDep
 from persona.web.pages import describe
 from persona.web.schemas import (
     ID_PATTERN,
+    MAX_MESSAGE_CHARS,
+    MESSAGE_PATTERN,
     TURN_STREAM_EVENT,
     ChatRequest,
     ChatResponse,
@@ -98,6 +100,15 @@ class ChatTree(BaseModel):
     turns: list[TreeTurn]
 
 
+# The message as /persona/chat publishes and checks it.
+MessageText = Annotated[
+    StrictStr,
+    Field(
+        min_length=1, max_length=MAX_MESSAGE_CHARS, json_schema_extra={"pattern": MESSAGE_PATTERN}
+    ),
+]
+
+
 class VariantBody(BaseModel):
     """Options for a regenerated turn."""
 
@@ -110,7 +121,9 @@ class VariantBody(BaseModel):
 class EditBody(VariantBody):
     """The edited message of a turn."""
 
-    message: str = Field(description="the new message (the rules of /persona/chat apply)")
+    message: MessageText = Field(description="the new message (the rules of /persona/chat apply)")
+
+    _no_controls = field_validator("message", mode="before")(ChatRequest.no_control_characters)
 
 
 class RewindBody(BaseModel):
