@@ -11,6 +11,7 @@ every run.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,18 @@ CONFIG = schemathesis.Config.from_dict(
         ],
     }
 )
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx: Any, value: Any) -> bytes:
+    """A chat export to import (POST /persona/chats/import): one JSON value per line. A
+    generated string is sent as the file's text, anything else as its JSON lines."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    lines = value if isinstance(value, list) else [value]
+    return "\n".join(json.dumps(line) for line in lines).encode()
 
 
 @dataclass
