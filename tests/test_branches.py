@@ -392,6 +392,7 @@ async def test_unknown_ids_and_other_chats_turns_write_nothing(tmp_path: Path) -
             (f"/persona/chats/nope/turns/{one['turn_id']}/edit", {"message": "x"}, 404),
             (f"/persona/chats/c1/turns/{one['turn_id']}/edit", {"message": ""}, 422),
             (f"/persona/chats/c1/turns/{one['turn_id']}/edit", {"message": "a\x07"}, 422),
+            (f"/persona/chats/c1/turns/{one['turn_id']}/edit", {"message": " \n "}, 422),
             ("/persona/chats/c1/rewind", {"turn_id": "../x"}, 422),
             ("/persona/chats/c1/rewind", {"turn": None}, 422),
             ("/persona/chats/nope/stop", None, 404),
@@ -403,6 +404,16 @@ async def test_unknown_ids_and_other_chats_turns_write_nothing(tmp_path: Path) -
             assert r.status_code == status, (url, body, r.text)
             assert "error" in r.json() or "detail" in r.json()
         assert (await client.get("/persona/chats/nope/tree")).status_code == 404
+        # An edited message is checked as /persona/chat checks one, in the same words.
+        for message, why in [("a\x07", "control character U+0007 at position 1"), (" ", "blank")]:
+            for url in ("/persona/chat", f"/persona/chats/c1/turns/{one['turn_id']}/edit"):
+                r = await client.post(
+                    url,
+                    json={"message": message, "session_id": "c1"}
+                    if url == "/persona/chat"
+                    else {"message": message},
+                )
+                assert r.status_code == 422 and why in r.text, (url, r.text)
         assert events(db) == before
 
 

@@ -79,7 +79,7 @@ _READ = {
     responses={
         **_READ,
         200: {
-            "content": {NDJSON: {"schema": {"type": "string"}}},
+            "content": {NDJSON: {"schema": {"type": "string", "minLength": 1}}},
             "description": "A header line, then one event a line (the chat and its turns'"
             " persona events, in log order)",
         },
@@ -136,7 +136,7 @@ async def _read_capped(request: Request) -> bytes:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {NDJSON: {"schema": {"type": "string"}}},
+            "content": {NDJSON: {"schema": {"type": "string", "minLength": 1}}},
             "description": "A chat export (GET /persona/chats/{chat_id}/export), as sent",
         }
     },

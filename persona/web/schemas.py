@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    field_validator,
+)
 
 from persona.controls import CONTROL_CLASS, first_control
 from persona.pipeline.meta import Meta
@@ -62,6 +70,38 @@ def json_depth(value: Any) -> int:
 TokenCount = Annotated[int, Field(ge=1, le=4096), BeforeValidator(json_number)]
 
 
+def refuse_controls(value: Any) -> Any:
+    """Refuse what a page cannot show: control characters and lone surrogates.
+
+    Runs before the string check, which would refuse a lone surrogate with a vaguer
+    "unable to parse raw data as a unicode string".
+    """
+    if isinstance(value, str) and (found := first_control(value)) is not None:
+        position, char = found
+        raise ValueError(
+            f"message contains control character U+{ord(char):04X} at position {position}"
+        )
+    return value
+
+
+def refuse_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("message must not be blank")
+    return value
+
+
+# A user's message, wherever one is sent (/persona/chat, an edited turn): published with the
+# pattern and checked by the validators (whose errors name the character).
+MessageText = Annotated[
+    StrictStr,
+    Field(
+        min_length=1, max_length=MAX_MESSAGE_CHARS, json_schema_extra={"pattern": MESSAGE_PATTERN}
+    ),
+    BeforeValidator(refuse_controls),
+    AfterValidator(refuse_blank),
+]
+
+
 class GenParams(BaseModel):
     """Per-request generation overrides."""
 
@@ -76,15 +116,7 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    message: Annotated[
-        StrictStr,
-        Field(
-            min_length=1,
-            max_length=MAX_MESSAGE_CHARS,
-            # Checked by the validators below (with a message that names the character).
-            json_schema_extra={"pattern": MESSAGE_PATTERN},
-        ),
-    ]
+    message: MessageText
     user_id: Identifier = "local"
     session_id: Identifier | None = Field(
         default=None,
@@ -117,28 +149,6 @@ class ChatRequest(BaseModel):
             raise ValueError(f"metadata is not storable JSON: {exc}") from None
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size} bytes as JSON (at most {MAX_METADATA_BYTES})")
-        return value
-
-    @field_validator("message", mode="before")
-    @classmethod
-    def no_control_characters(cls, value: Any) -> Any:
-        """Refuse what a page cannot show: control characters and lone surrogates.
-
-        Runs before the string check, which would refuse a lone surrogate with a vaguer
-        "unable to parse raw data as a unicode string".
-        """
-        if isinstance(value, str) and (found := first_control(value)) is not None:
-            position, char = found
-            raise ValueError(
-                f"message contains control character U+{ord(char):04X} at position {position}"
-            )
-        return value
-
-    @field_validator("message")
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("message must not be blank")
         return value
 
 

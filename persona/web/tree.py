@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse
 
 from persona.engine import Engine
@@ -35,14 +35,13 @@ from persona.web.deps import EngineDep
 from persona.web.pages import describe
 from persona.web.schemas import (
     ID_PATTERN,
-    MAX_MESSAGE_CHARS,
-    MESSAGE_PATTERN,
     TURN_STREAM_EVENT,
     ChatRequest,
     ChatResponse,
     ErrorBody,
     GenParams,
     Identifier,
+    MessageText,
     Reward,
 )
 from persona.web.turns import build_request, turn_stream, whole_result
@@ -100,15 +99,6 @@ class ChatTree(BaseModel):
     turns: list[TreeTurn]
 
 
-# The message as /persona/chat publishes and checks it.
-MessageText = Annotated[
-    StrictStr,
-    Field(
-        min_length=1, max_length=MAX_MESSAGE_CHARS, json_schema_extra={"pattern": MESSAGE_PATTERN}
-    ),
-]
-
-
 class VariantBody(BaseModel):
     """Options for a regenerated turn."""
 
@@ -122,8 +112,6 @@ class EditBody(VariantBody):
     """The edited message of a turn."""
 
     message: MessageText = Field(description="the new message (the rules of /persona/chat apply)")
-
-    _no_controls = field_validator("message", mode="before")(ChatRequest.no_control_characters)
 
 
 class RewindBody(BaseModel):
