@@ -461,6 +461,12 @@ def test_the_turn_tree_in_the_browser_regenerate_branch_rewind_undo_and_stop(
     expect(streaming).to_have_text("some partial words")
     expect(send).to_be_disabled()
     expect(two.page.locator(".composer button[type=submit]")).to_be_disabled()
+    composer = page.locator(".composer textarea")
+    composer.fill("not now")
+    composer.press("Enter")  # Enter sends no more than the disabled Send would
+    expect(page.locator(".msg.user")).to_have_count(4)
+    expect(composer).to_have_value("not now")
+    composer.fill("")
     stop.click()
     stopped = page.locator(".msg.assistant[data-status=stopped]")
     expect(stopped.locator(".text")).to_have_text("some partial words")
