@@ -13,6 +13,9 @@ ALTER TABLE turns ADD COLUMN completed_seq INTEGER;
 ALTER TABLE turns ADD COLUMN origin TEXT NOT NULL DEFAULT 'message';
 ALTER TABLE turns ADD COLUMN variant_of TEXT;
 ALTER TABLE turns ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+-- The wall time the turn ended (`ended_at` is its chat's clock): a chat's place in the list
+-- and the persona's idleness are real time, whatever year a chat's story is set in.
+ALTER TABLE turns ADD COLUMN ended_wall_at TEXT;
 CREATE INDEX turns_active ON turns (chat_id, active, depth);
 
 ALTER TABLE memory ADD COLUMN active INTEGER NOT NULL DEFAULT 1;

@@ -66,7 +66,8 @@ class OutOfRange(ValueError):
 
 
 def parse_moment(text: str) -> datetime:
-    """An ISO date and time (MOMENT_PATTERN), seconds optional; naive means UTC (ValueError)."""
+    """An ISO date and time (MOMENT_PATTERN), seconds optional; naive means UTC (ValueError;
+    OutOfRange when its UTC instant leaves the years 1 to 9999)."""
     if len(text) > MAX_TEXT_CHARS or not _MOMENT.fullmatch(text):
         raise ValueError(
             f"{text[:MAX_TEXT_CHARS]!r} is not a date and time like 2031-05-01T09:00"
@@ -74,9 +75,15 @@ def parse_moment(text: str) -> datetime:
         )
     try:
         moment = datetime.fromisoformat(text)
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise ValueError(f"{text!r} is not a valid date and time (years 1 to 9999)") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # Well-formed, but its UTC instant falls outside the years (0001-01-01T00:00+02:00).
+        raise OutOfRange(f"{text!r} in UTC is outside the years 1 to 9999") from None
 
 
 def parse_skip(value: str | float) -> float:

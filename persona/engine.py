@@ -78,7 +78,7 @@ class Engine:
 
     async def maybe_sleep(self, persona_id: str) -> SleepReport | None:
         """Consolidate the persona's memories if a sleep is due (context pressure, or an
-        idle spell on the chat clock), at most once per idle spell; None when not due."""
+        idle spell in wall time), at most once per idle spell; None when not due."""
         now = self.store.clock.now()
         trigger = await self.store.read(due, persona_id, now, self.settings.sleep)
         if trigger is None:

@@ -7,7 +7,7 @@ in one transaction: a `memory.written` per digest and per new belief, then one
 new to consolidate writes no event, so running it twice changes nothing.
 
 Triggers (`due`): context pressure (unconsolidated L1 volume over a budget) and inactivity
-(the persona idle for a while on the chat clock); "asked" (the web endpoint) and "command"
+(the persona idle for a while, in wall time); "asked" (the web endpoint) and "command"
 (`persona sleep`) run it on demand.
 """
 
@@ -392,7 +392,7 @@ def due(
 
     "pressure" when more unconsolidated L1 memories wait than `pressure_l1`; "inactivity"
     when at least `min_group` wait and the persona's newest memory or chat activity is
-    `idle_after_h` hours old or more (chat clock). Callers run it once per idle spell:
+    `idle_after_h` hours old or more (wall time). Callers run it once per idle spell:
     notes that never group stay unconsolidated, and would make it due again.
     """
     figures = q.pressure(conn, persona_id)

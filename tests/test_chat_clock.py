@@ -29,6 +29,7 @@ from persona.events.clock import ChatClockSet
 from persona.llm.scripted import ScriptedBackend
 from persona.pipeline.memory import recency
 from persona.storage.eventlog import NewEvent
+from persona.storage.sleep_queries import pressure
 from persona.web.app import create_app
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -160,7 +161,7 @@ def test_skip_and_set_move_the_clock_through_recorded_events(client: TestClient)
 def test_a_new_chat_can_start_at_an_in_story_time(client: TestClient) -> None:
     chat = client.post("/persona/chats", json={"chat_time": "1850-03-01T08:00"}).json()
     sid = chat["chat_id"]
-    assert chat["created_at"] == "1850-03-01T08:00:00.000000Z"
+    assert chat["created_at"][:4] == "2026"  # the list's bookkeeping is wall time
     [event] = clock_events(client)
     assert event["how"] == "start" and event["chat_time"] == "1850-03-01T08:00:00.000000Z"
     assert event["previous"][:4] == "2026"  # the wall time it started at
@@ -229,6 +230,37 @@ def test_another_chat_keeps_its_own_clock(client: TestClient) -> None:
     wall, chat_time = started_at(client, reply["trace_id"])
     assert chat_time == wall
     assert offset_of(client, other) == 0.0
+
+
+def test_the_chat_list_follows_wall_time_whatever_the_chats_clocks_say(
+    client: TestClient,
+) -> None:
+    future = talk(client, "The year is 2031 in this story.")["session_id"]
+    move(client, future, set="2031-05-01T09:00")
+    talk(client, "And the robots are polite.", future)
+    past = talk(client, "Tell me about the winter of 1850.")["session_id"]
+    move(client, past, set="1850-03-01T08:00")
+    talk(client, "The carriage is late.", past)
+
+    def order() -> list[str]:
+        return [c["chat_id"] for c in client.get("/persona/chats").json()["items"]]
+
+    # The flashback chat was talked to last (wall time): it leads, its 1850 clock aside.
+    assert order() == [past, future]
+    listed = {c["chat_id"]: c for c in client.get("/persona/chats").json()["items"]}
+    assert listed[past]["updated_at"][:4] == listed[future]["updated_at"][:4] == "2026"
+    talk(client, "Back to the robots.", future)
+    assert order() == [future, past]
+    # The persona's idleness (when a sleep is due) is wall time too: the 2031 chat's
+    # memories do not date its last activity years ahead.
+    engine = engine_of(client)
+    figures = engine.store.sync_read(pressure, engine.default_persona_id)
+    assert figures.last_activity == listed_updated(client, future)
+
+
+def listed_updated(client: TestClient, chat_id: str) -> str:
+    [chat] = [c for c in client.get("/persona/chats").json()["items"] if c["chat_id"] == chat_id]
+    return str(chat["updated_at"])
 
 
 # ---- recency counts on the chat clock ---------------------------------------------------------
@@ -309,6 +341,15 @@ def test_a_skip_past_the_year_9999_conflicts_and_a_zero_skip_writes_nothing(
     for zero in (0, "0h", "0"):
         assert move(client, sid, skip=zero)["offset_s"] == 0.0
     assert event_count(client) == before and offset_of(client, sid) == 0.0
+    # A well-formed time whose UTC instant is outside the years conflicts the same way,
+    # when set and when a new chat starts at it.
+    for edge in ("0001-01-01T00:00:00+11:05", "9999-12-31T23:59-01:00"):
+        moved = client.post(f"/persona/chats/{sid}/clock", json={"set": edge})
+        assert moved.status_code == 409 and "9999" in moved.json()["error"], moved.text
+        started = client.post("/persona/chats", json={"chat_time": edge})
+        assert started.status_code == 409 and "9999" in started.json()["error"], started.text
+    assert event_count(client) == before
+    assert move(client, sid, set="0001-01-01T00:00:00-11:05")["chat_time"].startswith("0001")
     # Leap days are dates; spaces between the parts of a skip are fine.
     assert move(client, sid, set="2024-02-29T12:00")["chat_time"].startswith("2024-02-29T12:00")
     assert move(client, sid, skip="1h 30m")["chat_time"].startswith("2024-02-29T13:30")

@@ -340,7 +340,7 @@ async def test_projections_after_a_sleep_equal_a_replay(engine: Engine, tmp_path
     assert_rebuild_and_verify_agree(engine.settings.db_path, tmp_path / "scratch.db")
 
 
-async def test_due_says_which_trigger(engine: Engine) -> None:
+async def test_due_says_which_trigger(engine: Engine, clock: FixedClock) -> None:
     pid = engine.default_persona_id
     settings = SleepSettings(pressure_l1=3, idle_after_h=6)
     await engine.store.append(porto(pid, "ana", "a")[:2])
@@ -355,14 +355,20 @@ async def test_due_says_which_trigger(engine: Engine) -> None:
     last = START + timedelta(days=2)
     assert check(last + timedelta(hours=5.9)) is None
     assert check(last + timedelta(hours=6)) == "inactivity"
-    # A chat's activity counts as much as a memory: a chat started later keeps it awake.
-    chat_at = last + timedelta(days=1)
-    started = ChatStarted(chat_id="c9", persona_id=pid, user_id="ana", title="")
-    await engine.store.append(
-        [NewEvent(payload=started, stream_id="chat:c9", actor="test", chat_time=iso(chat_at))]
-    )
+    # A chat's activity counts as much as a memory, in wall time: chats started later keep
+    # it awake, whatever their own clocks say (a flashback to 1999, a story in 2031).
+    clock.current = chat_at = last + timedelta(days=1)
+    for chat_id, story in (
+        ("c9", "1999-12-31T23:00:00.000000Z"),
+        ("c10", "2031-05-01T09:00:00.000000Z"),
+    ):
+        started = ChatStarted(chat_id=chat_id, persona_id=pid, user_id="ana", title="")
+        await engine.store.append(
+            [NewEvent(payload=started, stream_id=f"chat:{chat_id}", actor="test", chat_time=story)]
+        )
     assert check(last + timedelta(hours=6)) is None
-    assert check(chat_at + timedelta(hours=6)) == "inactivity"
+    assert check(chat_at + timedelta(hours=5.9)) is None
+    assert check(chat_at + timedelta(hours=6, minutes=1)) == "inactivity"
     await engine.store.append(porto(pid, "ana", "p", day=3))
     assert check(last) == "pressure"  # 6 waiting > 3, idle or not
     await sleep(engine.store, pid, "pressure", settings)

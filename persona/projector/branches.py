@@ -115,7 +115,8 @@ def set_leaf(conn: sqlite3.Connection, chat_id: str, leaf: str | None) -> None:
 def _chat_summary(
     conn: sqlite3.Connection, chat_id: str, leaf: str | None, extends: bool = False
 ) -> None:
-    """The chat's leaf, completed turns on its path, last message and time.
+    """The chat's leaf, completed turns on its path, last message and the wall time its
+    leaf ended (its creation's for the root): the list's order, whatever the chat's clock.
 
     `extends`: the leaf is a child of the previous one, so the count grows by it alone.
     """
@@ -125,7 +126,9 @@ def _chat_summary(
         msg = conn.execute(
             "SELECT content FROM messages WHERE turn_id = ? ORDER BY rowid DESC LIMIT 1", (leaf,)
         ).fetchone()
-        ended = conn.execute("SELECT ended_at FROM turns WHERE turn_id = ?", (leaf,)).fetchone()
+        ended = conn.execute(
+            "SELECT ended_wall_at FROM turns WHERE turn_id = ?", (leaf,)
+        ).fetchone()
         snippet_text, at = (msg[0] if msg else ""), (ended[0] if ended else None)
     from persona.projector.handlers import snippet  # one definition of the rail's snippet
 

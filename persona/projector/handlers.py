@@ -125,7 +125,9 @@ def chat_started(conn: sqlite3.Connection, e: Event, p: ChatStarted) -> None:
     cursor = conn.execute(
         "INSERT INTO chats (chat_id, persona_id, user_id, title, head_turn_id, created_at,"
         " updated_at, turn_count) VALUES (?, ?, ?, ?, NULL, ?, ?, 0)",
-        (p.chat_id, p.persona_id, p.user_id, p.title, _at(e), _at(e)),
+        # Wall time: the list's order and the persona's idleness are real time (the
+        # chat's own clock dates its messages and memories).
+        (p.chat_id, p.persona_id, p.user_id, p.title, e.wall_time, e.wall_time),
     )
     conn.execute(
         "INSERT INTO chat_title_fts (rowid, title) VALUES (?, ?)", (cursor.lastrowid, p.title)
@@ -196,9 +198,9 @@ def reply_completed(conn: sqlite3.Connection, e: Event, p: ReplyCompleted) -> No
 
 def turn_completed(conn: sqlite3.Connection, e: Event, p: TurnCompleted) -> None:
     conn.execute(
-        "UPDATE turns SET status = 'completed', reply = ?, ended_at = ?, completed_seq = ?"
-        " WHERE turn_id = ?",
-        (p.reply, _at(e), e.seq, p.turn_id),
+        "UPDATE turns SET status = 'completed', reply = ?, ended_at = ?, ended_wall_at = ?,"
+        " completed_seq = ? WHERE turn_id = ?",
+        (p.reply, _at(e), e.wall_time, e.seq, p.turn_id),
     )
     conn.execute(
         "UPDATE persona SET turn_count = turn_count + 1, updated_at = ? WHERE persona_id = ?",
@@ -210,9 +212,9 @@ def turn_completed(conn: sqlite3.Connection, e: Event, p: TurnCompleted) -> None
 def turn_stopped(conn: sqlite3.Connection, e: Event, p: TurnStopped) -> None:
     # What streamed is kept as the turn's reply, marked truncated; it ends the path.
     conn.execute(
-        "UPDATE turns SET status = 'stopped', reply = ?, truncated = ?, ended_at = ?"
-        " WHERE turn_id = ?",
-        (p.partial_reply, int(p.truncated), _at(e), p.turn_id),
+        "UPDATE turns SET status = 'stopped', reply = ?, truncated = ?, ended_at = ?,"
+        " ended_wall_at = ? WHERE turn_id = ?",
+        (p.partial_reply, int(p.truncated), _at(e), e.wall_time, p.turn_id),
     )
     if p.partial_reply:
         _insert_message(conn, e, p.chat_id, p.turn_id, "assistant", p.partial_reply)

@@ -122,15 +122,20 @@ class Pressure:
 
 
 def pressure(conn: sqlite3.Connection, persona_id: str) -> Pressure:
-    """The persona's unconsolidated L1 count and its newest memory or chat activity (chat
-    clock)."""
+    """The persona's unconsolidated L1 count and its newest activity, in wall time.
+
+    A chat's activity is the wall time its last turn ended (`chats.updated_at`), whatever
+    year the chat's own clock shows: a chat set in 2031 must not keep the persona awake for
+    years, nor a flashback to 1999 make it look idle. What a turn writes is covered by its
+    chat; a memory written outside any chat is dated by wall time (it has no chat clock).
+    """
     count = conn.execute(
         f"SELECT count(*) FROM memory m WHERE {_LIVE_L1} AND m.consolidated_into IS NULL",
         (persona_id,),
     ).fetchone()[0]
     newest = conn.execute(
         "SELECT max(t) FROM (SELECT max(created_at) AS t FROM memory"
-        " WHERE persona_id = ? AND tier = 'L1'"
+        " WHERE persona_id = ? AND tier = 'L1' AND chat_id IS NULL"
         " UNION ALL SELECT max(updated_at) FROM chats WHERE persona_id = ?)",
         (persona_id, persona_id),
     ).fetchone()[0]

@@ -93,8 +93,13 @@ class ChatItem(BaseModel):
     persona_id: str
     title: str
     snippet: str = Field(description="its last message, on one line, at most 120 characters")
-    created_at: str
-    updated_at: str = Field(description="its last turn (or its creation): the list's order")
+    created_at: str = Field(description="when it was started (wall time)")
+    updated_at: str = Field(
+        description=(
+            "when the last turn of its active path ended, or its creation (wall time): the"
+            " list's order. The chat's own clock is GET /persona/chats/{chat_id}/clock."
+        )
+    )
     turn_count: int = Field(description="completed turns")
     archived: bool = Field(description="hidden from the list; restorable, nothing removed")
 
@@ -198,9 +203,18 @@ class NewChat(BaseModel):
     @field_validator("chat_time")
     @classmethod
     def valid_chat_time(cls, value: str | None) -> str | None:
+        return _well_formed_moment(value)
+
+
+def _well_formed_moment(value: str | None) -> str | None:
+    """Refuse (422) what is not a date and time; one whose UTC instant leaves the years 1 to
+    9999 is well-formed, and refused in the transaction (409) like a skip out of them."""
+    try:
         if value is not None:
             chat_clock.parse_moment(value)
-        return value
+    except chat_clock.OutOfRange:
+        pass
+    return value
 
 
 class ChatClock(BaseModel):
@@ -236,9 +250,7 @@ class ClockMove(BaseModel):
     @field_validator("set_")
     @classmethod
     def valid_set(cls, value: str | None) -> str | None:
-        if value is not None:
-            chat_clock.parse_moment(value)
-        return value
+        return _well_formed_moment(value)
 
     @field_validator("skip")
     @classmethod
@@ -309,7 +321,11 @@ def _start(tx: WriteTx, started: ChatStarted, chat_time: str | None = None) -> d
     else:
         # Started at an in-story time: chat.started already carries it, and the clock's
         # offset is set in the same transaction.
-        clock = chat_clock.start(started.chat_id, tx.wall_time, chat_clock.parse_moment(chat_time))
+        try:
+            at_start = chat_clock.parse_moment(chat_time)
+        except chat_clock.OutOfRange as exc:
+            raise Refused(409, str(exc)) from None
+        clock = chat_clock.start(started.chat_id, tx.wall_time, at_start)
         at = clock.chat_time
         tx.append(
             [
@@ -409,7 +425,11 @@ async def list_chats(
     "/persona/chats",
     response_model=ChatItem,
     status_code=201,
-    responses={**_WRITE, 404: {"model": ErrorBody, "description": "Unknown persona"}},
+    responses={
+        **_WRITE,
+        404: {"model": ErrorBody, "description": "Unknown persona"},
+        409: {"model": ErrorBody, "description": "chat_time is outside the years 1 to 9999 in UTC"},
+    },
 )
 async def create_chat(body: NewChat, engine: EngineDep) -> Any:
     """Start an empty chat (`chat.started`); send its id as `session_id` to talk in it."""

@@ -294,7 +294,7 @@ CREATE TABLE turns (
     error          TEXT,
     started_at     TEXT,             -- NULL until it starts (never, if it failed queued)
     ended_at       TEXT
-, active INTEGER NOT NULL DEFAULT 0, completed_seq INTEGER, origin TEXT NOT NULL DEFAULT 'message', variant_of TEXT, truncated INTEGER NOT NULL DEFAULT 0);
+, active INTEGER NOT NULL DEFAULT 0, completed_seq INTEGER, origin TEXT NOT NULL DEFAULT 'message', variant_of TEXT, truncated INTEGER NOT NULL DEFAULT 0, ended_wall_at TEXT);
 -- trigger events_no_delete
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 BEGIN
