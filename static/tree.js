@@ -99,11 +99,14 @@
 
   var rewindTarget = null;
 
+  // turnId null: the root (every turn leaves the path).
   function askRewind(turnId) {
     post("/rewind", { turn_id: turnId, dry_run: true }).then(function (move) {
       var dialog = document.getElementById("rewind-dialog");
       if (!move || !dialog) return;
-      rewindTarget = turnId;
+      rewindTarget = { turn_id: turnId };
+      dialog.querySelector("#rewind-title").textContent =
+        turnId ? "Rewind here?" : "Rewind to the start?";
       dialog.querySelector(".rewind-impact").textContent = describe(move.impact);
       var list = dialog.querySelector(".rewind-details");
       list.replaceChildren();
@@ -122,7 +125,7 @@
     if (!(dialog instanceof HTMLDialogElement) || dialog.id !== "rewind-dialog") return;
     var target = rewindTarget;
     rewindTarget = null;
-    if (dialog.returnValue === "confirm" && target) post("/rewind", { turn_id: target });
+    if (dialog.returnValue === "confirm" && target) post("/rewind", { turn_id: target.turn_id });
   }, true);  // `close` does not bubble: listen while it is captured
 
   // ---- the actions of each turn.
@@ -147,6 +150,8 @@
       post("/turns/" + encodeURIComponent(turnId) + "/regenerate");
     } else if (action === "rewind" && turnId) {
       askRewind(turnId);
+    } else if (action === "rewind-start") {
+      askRewind(null);
     } else if (action === "edit") {
       var form = editForm(button);
       if (!form) return;

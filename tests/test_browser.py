@@ -408,6 +408,9 @@ def test_the_turn_tree_in_the_browser_regenerate_branch_rewind_undo_and_stop(
     one = Tab(desktop, f"{live_server.url}/", errors, "tab 1")
     page = one.page
     replies = page.locator(".msg.assistant .text")
+    start = page.get_by_role("button", name="Rewind to the start")
+    expect(page.locator(".empty-hint")).to_be_visible()
+    expect(start).to_be_hidden()  # nothing to rewind yet
     for n, message in enumerate(("first", "second", "third <b>x</b>"), start=1):
         one.say(message)
         expect(page.locator(".msg.assistant[data-status=completed]")).to_have_count(n)
@@ -451,6 +454,21 @@ def test_the_turn_tree_in_the_browser_regenerate_branch_rewind_undo_and_stop(
             ["Reply one.", "Reply two.", "Reply three."]
         )
     expect(undo).to_have_count(0)
+    expect(page.locator(".empty-hint")).to_be_hidden()
+
+    # Rewind to the start: every turn leaves the path, and the undo brings them back.
+    start.click()
+    expect(page.locator("#rewind-title")).to_have_text("Rewind to the start?")
+    expect(dialog.locator("[data-testid=rewind-impact]")).to_contain_text("3 turns")
+    dialog.get_by_role("button", name="Rewind").click()
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.assistant")).to_have_count(0)
+    expect(start).to_be_hidden()
+    undo.click()
+    for tab in (one, two):
+        expect(tab.page.locator(".msg.assistant .text")).to_have_text(
+            ["Reply one.", "Reply two.", "Reply three."]
+        )
 
     # Stop a streaming reply: Send is disabled meanwhile; the reply stays, truncated.
     send = page.locator(".composer button[type=submit]")
