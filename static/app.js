@@ -58,10 +58,6 @@
     if (evt.key !== "Enter" || evt.shiftKey || evt.isComposing) return;
     if (!(box instanceof HTMLTextAreaElement) || !box.form) return;
     evt.preventDefault();
-    // requestSubmit() ignores a disabled button: Enter must not send what Send would not
-    // (it is disabled while a reply of this chat streams).
-    var send = box.form.querySelector("button[type=submit]");
-    if (send && send.disabled) return;
     if (box.value.trim()) box.form.requestSubmit();
   });
 

@@ -52,7 +52,11 @@
     var composer = document.querySelector("form.composer");
     if (!list || !composer) return;
     var streaming = list.querySelector(".msg.assistant[data-status=started]") !== null;
-    var busy = streaming || list.querySelector(".turn.queued") !== null;
+    // Waiting: a turn the server queued (its reply not begun), or a message of this tab
+    // not yet answered. The turn's article keeps its `queued` class after a failure, so
+    // the reply's own status decides.
+    var waiting = ".msg.assistant[data-status=queued], .turn.queued:not([id])";
+    var busy = streaming || list.querySelector(waiting) !== null;
     var send = composer.querySelector("button[type=submit]");
     var stop = composer.querySelector("button.stop");
     if (send) send.disabled = busy;
