@@ -169,6 +169,35 @@
     }
   });
 
+  // A move from another tab re-renders the conversation: an edit box open here keeps its
+  // text (and focus) when its turn is still shown.
+  var openEdits = null;
+  document.addEventListener("htmx:sseBeforeMessage", function () {
+    openEdits = [];
+    document.querySelectorAll("#messages form.edit-form:not([hidden])").forEach(function (form) {
+      var box = form.querySelector("textarea");
+      openEdits.push({
+        form: form, turn: turnOf(form), text: box.value,
+        focused: document.activeElement === box,
+      });
+    });
+  });
+  document.addEventListener("htmx:sseMessage", function () {
+    var kept = openEdits || [];
+    openEdits = null;
+    kept.forEach(function (edit) {
+      var holder = edit.turn && document.querySelector(
+        '#messages [data-turn="' + CSS.escape(edit.turn) + '"] form.edit-form');
+      // Gone with its turn, or not re-rendered (a delta): nothing to restore, and the
+      // caret stays where the user left it.
+      if (!holder || holder === edit.form) return;
+      var box = holder.querySelector("textarea");
+      holder.hidden = false;
+      box.value = edit.text;
+      if (edit.focused) box.focus();
+    });
+  });
+
   document.addEventListener("submit", function (evt) {
     var form = evt.target;
     if (!(form instanceof HTMLFormElement) || form.dataset.treeAction !== "save-edit") return;

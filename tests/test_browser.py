@@ -496,6 +496,22 @@ def test_the_turn_tree_in_the_browser_regenerate_branch_rewind_undo_and_stop(
             ["Reply one.", "Reply two.", "Reply three.", "A whole answer."]
         )
 
+    # An edit box open in tab 2 keeps its text while tab 1 moves the tree and back.
+    other_first = two.page.locator(".msg.user").first
+    other_first.get_by_role("button", name="Edit").click()
+    other_box = other_first.get_by_label("Edited message")
+    other_box.fill("first, said better")
+    page.locator(".msg.assistant").first.get_by_role("button", name="Rewind here").click()
+    dialog.get_by_role("button", name="Rewind").click()
+    expect(two.page.locator(".msg.assistant .text")).to_have_text(["Reply one."])
+    expect(other_box).to_be_visible()
+    expect(other_box).to_have_value("first, said better")
+    undo.click()
+    expect(two.page.locator(".msg.assistant .text")).to_have_count(4)
+    expect(other_box).to_have_value("first, said better")
+    other_first.get_by_role("button", name="Cancel").click()
+    expect(other_box).to_be_hidden()
+
     # Edit a message: a sibling turn with the new text, answered anew.
     message = page.locator(".msg.user").last
     message.get_by_role("button", name="Edit").click()
